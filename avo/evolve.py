@@ -1,0 +1,180 @@
+"""The evolution loop and the harness that judges every candidate.
+
+Read top to bottom: `Harness.submit` is the acceptance rule (correct, and score at least the best committed
+score minus the noise margin); `Evolution.run` evaluates and commits the seed as version 0 when the lineage
+is new (or continues an existing one), then asks the population for a branch and the operator for a step
+until the budget is spent, showing progress and writing the run's reports as it goes.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from avo.budget import Budget, format_duration
+from avo.errors import UserError
+from avo.lineage import Lineage, Version
+from avo.operators import Operator, StepContext
+from avo.population import Population
+from avo.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+Evaluate = Callable[[Path], dict]
+
+
+class SeedError(UserError):
+    """The seed program fails the evaluator: nothing can evolve from it."""
+
+
+@dataclass
+class Verdict:
+    accepted: bool
+    reason: str
+    result: dict
+    record: dict
+    version: Optional[Version] = None
+
+
+def describe(result: dict) -> str:
+    if result.get("correct"):
+        return f"{result.get('score', 0.0):.3f} TFLOPS"
+    return f"failed at {result.get('stage')}: {(result.get('error') or '').strip().splitlines()[-1:] or ['?']}"[:200]
+
+
+@dataclass
+class Harness:
+    """Evaluates, judges, records and commits candidates. Operators propose; only the harness decides."""
+
+    lineage: Lineage
+    evaluate: Evaluate
+    tracker: Tracker
+    budget: Budget
+    noise_margin: float
+    operator_name: str
+    on_commit: Callable[[Version], None] = field(default=lambda v: None)
+
+    def export(self, version: Version, dest: Path) -> Path:
+        return self.lineage.export(version, dest)
+
+    def accepts(self, result: dict, best: Optional[Version]) -> tuple[bool, str]:
+        if not result.get("correct"):
+            return False, f"incorrect ({describe(result)})"
+        score, bar = float(result.get("score", 0.0)), (best.score if best else 0.0)
+        threshold = bar * (1.0 - self.noise_margin)
+        if score >= threshold:
+            return True, f"{score:.3f} >= {threshold:.3f} (best {bar:.3f} minus {self.noise_margin:.1%} noise margin)"
+        return False, f"{score:.3f} < {threshold:.3f} (best {bar:.3f} minus {self.noise_margin:.1%} noise margin)"
+
+    def record(self, program_dir: Path, result: dict, outcome: str, parent: Optional[Version], meta: dict,
+                version: Optional[Version] = None) -> dict:
+        record = {
+            "operator": self.operator_name, "outcome": outcome, "parent": parent.tag if parent else None,
+            "version": version.tag if version else None, "score": float(result.get("score", 0.0)),
+            "correct": bool(result.get("correct")), "stage": result.get("stage"), "error": result.get("error"),
+            "elapsed_s": self.budget.elapsed(), "result": result, **meta,
+        }
+        stored = self.lineage.record_attempt(program_dir, record, parent=parent)
+        self.budget.save()
+        best = self.lineage.best(parent.branch if parent else "main")
+        self.tracker.log_attempt(stored, best.score if best else 0.0)
+        return stored
+
+    def submit(self, program_dir: Path, *, branch: str, parent: Optional[Version], message: str, notes: str = "",
+               meta: Optional[dict] = None) -> Verdict:
+        result = self.evaluate(program_dir)
+        best = self.lineage.best(branch)
+        accepted, reason = self.accepts(result, best)
+        version = None
+        if accepted:
+            version = self.lineage.commit(program_dir, result, notes=notes, message=message, branch=branch,
+                                          parent=parent)
+        record = self.record(program_dir, result, "accepted" if accepted else "rejected", parent, meta or {},
+                              version)
+        if version is not None:
+            self.tracker.log_version(version, record["n"])
+            self.on_commit(version)
+        return Verdict(accepted, reason, result, record, version)
+
+
+@dataclass
+class Evolution:
+    lineage: Lineage
+    population: Population
+    operator: Operator
+    harness: Harness
+    budget: Budget
+    run_dir: Path
+    seed_dir: Path
+    rng_seed: int = 0
+
+    def _counts(self) -> tuple[int, int]:
+        versions = sum(max(0, len(self.lineage.versions(b)) - 1) for b in self.population.branches())
+        attempts = sum(1 for a in self.lineage.attempts() if a.get("outcome") != "seed")
+        return versions, attempts
+
+    def best(self) -> Optional[Version]:
+        candidates = [v for b in self.population.branches() if (v := self.lineage.best(b)) is not None]
+        return max(candidates, key=lambda v: v.score, default=None)
+
+    def start(self) -> None:
+        """Commit the evaluated seed as version 0 of every branch that has none (or continue a run)."""
+        for branch in self.population.branches():
+            if self.lineage.versions(branch):
+                continue
+            log.info("evaluating the seed %s for branch %s", self.seed_dir, branch)
+            result = self.harness.evaluate(self.seed_dir)
+            if not result.get("correct"):
+                self.harness.record(self.seed_dir, result, "seed", None, {})
+                raise SeedError(
+                    f"the seed program {self.seed_dir} fails the evaluator at stage {result.get('stage')}:\n"
+                    f"{result.get('error')}\nFix the seed (try `avo eval {self.seed_dir}`) or choose another "
+                    "with seed=<name> or seed.dir=<path>.")
+            version = self.lineage.commit(self.seed_dir, result, notes="The seed program.", message="seed",
+                                          branch=branch)
+            record = self.harness.record(self.seed_dir, result, "seed", None, {}, version)
+            self.harness.tracker.log_version(version, record["n"])
+            log.info("v0 (seed) on %s: %s", branch, describe(result))
+
+    def progress(self, step: int, note: str) -> None:
+        versions, attempts = self._counts()
+        best = self.best()
+        log.info("step %d | %s | versions %d | attempts %d | best %s | %s spent, %s left",
+                 step, note, versions, attempts, f"v{best.number} {best.score:.3f} TFLOPS" if best else "-",
+                 format_duration(self.budget.elapsed()), format_duration(self.budget.remaining()))
+
+    def run(self) -> float:
+        self.start()
+        versions, attempts = self._counts()
+        if versions or attempts:
+            log.info("continuing: %d versions and %d attempts already, %s of the budget spent",
+                     versions, attempts, format_duration(self.budget.elapsed()))
+        rng = random.Random(f"{self.rng_seed}:{attempts}")  # a restart does not replay the same draws
+        step = attempts
+        stop_reason = None
+        while (stop_reason := self.budget.exhausted(*self._counts())) is None:
+            step += 1
+            branch = self.population.select(step)
+            parent = self.lineage.best(branch)
+            workspace = self.run_dir / "workspace" / f"step-{step}"
+            shutil.rmtree(workspace, ignore_errors=True)
+            workspace.mkdir(parents=True)
+            started = time.monotonic()
+            ctx = StepContext(step=step, branch=branch, parent=parent, best=parent, workspace=workspace,
+                              harness=self.harness, history=self.lineage.attempts(), rng=rng)
+            outcome = self.operator.step(ctx)
+            shutil.rmtree(workspace, ignore_errors=True)
+            if outcome.exhausted:
+                stop_reason = f"the operator has nothing left to try ({outcome.note})"
+                break
+            verdict = f"v{outcome.committed.number} committed" if outcome.committed else "no commit"
+            self.progress(step, f"{verdict} ({outcome.note}, {time.monotonic() - started:.1f}s)")
+        self.budget.save()
+        best = self.best()
+        log.info("stopping: %s. Best: v%d, %.3f TFLOPS.", stop_reason, best.number if best else -1,
+                 best.score if best else 0.0)
+        return best.score if best else 0.0

@@ -1,0 +1,177 @@
+"""The composition root: turns a composed Hydra config into the parts of a run and runs it.
+
+Only this module (and the `avo` command line, which composes the same configs) knows Hydra; every part
+it builds takes plain values. The run directory is Hydra's output directory (or `run_dir=`); a run
+started again on a directory that already holds a lineage continues it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from avo import PROJECT_ROOT
+from avo.budget import Budget, read_json, write_json_atomic
+from avo.config import BudgetConfig
+from avo.errors import UserError
+from avo.evaluate import evaluate, resolve_device
+from avo.evaluate.settings import EvalSettings
+from avo.evolve import Evolution, Harness
+from avo.lineage import Lineage
+from avo.operators import build_operator
+from avo.population import build_population
+from avo.program import ProgramError, check_program_dir
+from avo.report import versions_table, write_reports
+from avo.task import Grid, Task
+from avo.tracking import NullTracker, Tracker, WandbTracker
+
+log = logging.getLogger("avo")
+
+# Largest sequence length the CPU path will attempt: beyond it the Triton interpreter takes hours.
+CPU_MAX_SEQLEN = 1024
+
+
+def seed_directory(seed_cfg: Any) -> Path:
+    seeds = PROJECT_ROOT / "seeds"
+    path = Path(seed_cfg.dir) if seed_cfg.dir else seeds / seed_cfg.name
+    if not path.is_dir():
+        available = sorted(p.name for p in seeds.iterdir() if (p / "kernel.py").is_file()) if seeds.is_dir() else []
+        raise UserError(f"seed {seed_cfg.dir or seed_cfg.name!r} does not exist ({path}). "
+                        f"Available seeds: {', '.join(available) or 'none'}; or give any program with seed.dir=<path>.")
+    try:
+        return check_program_dir(path)
+    except ProgramError as exc:
+        raise UserError(f"seed {path}: {exc}") from None
+
+
+def ensure_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write the run directory {run_dir} ({exc.strerror}): choose a writable one "
+                        "with hydra.run.dir=<path> (or run_dir=<path>)") from None
+
+
+def check_grid_fits_device(grid: Grid, settings: EvalSettings) -> str:
+    device = resolve_device(settings)
+    longest = max((p.seqlen for p in grid.configs), default=0)
+    if not grid.configs:
+        raise UserError(f"benchmark={grid.name} has no configurations")
+    if device == "cpu" and longest > CPU_MAX_SEQLEN:
+        raise UserError(f"benchmark={grid.name} (sequences up to {longest}) needs a GPU, and none is visible: "
+                        "use benchmark=smoke on a CPU")
+    return device
+
+
+def typed(node: DictConfig, cls: type) -> Any:
+    """A config node as its plain dataclass (the parts downstream never see OmegaConf)."""
+    obj = OmegaConf.to_object(node)
+    return obj if isinstance(obj, cls) else cls(**obj)
+
+
+def hydra_context(cfg: DictConfig) -> tuple[Path, Optional[str]]:
+    """(run directory, sweep group name or None), from Hydra when it is running."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if cfg.get("run_dir"):
+        return Path(cfg.run_dir).resolve(), None
+    if not HydraConfig.initialized():
+        raise UserError("no run directory: give run_dir=<path> when not started through run.py")
+    hc = HydraConfig.get()
+    group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
+    return Path(hc.runtime.output_dir).resolve(), group
+
+
+def build_tracker(cfg: DictConfig, run_dir: Path, group: Optional[str], state: dict) -> Tracker:
+    if cfg.logger.name == "none" or cfg.logger.mode == "disabled":
+        return NullTracker()
+    tags = [f"task:{cfg.task.name}", f"agent:{cfg.agent.name}", f"population:{cfg.population.name}",
+            f"benchmark:{cfg.benchmark.name}", *cfg.logger.tags]
+    return WandbTracker(
+        project=cfg.logger.project, entity=cfg.logger.entity, mode=cfg.logger.mode, run_dir=run_dir,
+        name=f"{cfg.task.name}-{cfg.agent.name}-{run_dir.name}", group=cfg.logger.group or group, tags=tags,
+        config=OmegaConf.to_container(cfg, resolve=True), run_id=state.get("wandb_run_id"),
+    )
+
+
+def main(cfg: DictConfig) -> float:
+    """Run (or continue) one evolution; returns the best aggregate score, so sweepers can optimise it."""
+    run_dir, group = hydra_context(cfg)
+    ensure_writable(run_dir)
+    try:
+        task, grid = typed(cfg.task, Task), typed(cfg.benchmark, Grid)
+        task.validate()
+        settings = typed(cfg.evaluator, EvalSettings)
+        budget_cfg = typed(cfg.budget, BudgetConfig)
+        budget_cfg.validate()
+        operator = build_operator(cfg.agent)
+        population = build_population(cfg.population)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    seed_dir = seed_directory(cfg.seed)
+    device = check_grid_fits_device(grid, settings)
+
+    state_path = run_dir / "state" / "run.json"
+    state = read_json(state_path)
+    budget = Budget(budget_cfg.seconds, budget_cfg.max_versions, budget_cfg.max_attempts,
+                    run_dir / "state" / "budget.json")
+    lineage = Lineage(run_dir)
+    tracker = build_tracker(cfg, run_dir, group, state)
+    if tracker.run_id:
+        state["wandb_run_id"] = tracker.run_id
+    write_json_atomic(state_path, {**state, "task": task.name, "agent": cfg.agent.name, "device": device})
+
+    gpu = settings.gpus[0] if settings.gpus else None
+    harness = Harness(lineage=lineage, evaluate=lambda d: evaluate(d, task, grid, settings, gpu=gpu),
+                      tracker=tracker, budget=budget, noise_margin=cfg.evolve.noise_margin,
+                      operator_name=operator.name)
+    evolution = Evolution(lineage=lineage, population=population, operator=operator, harness=harness,
+                          budget=budget, run_dir=run_dir, seed_dir=seed_dir, rng_seed=cfg.evolve.seed)
+    title = f"{task.name} / {grid.name} / {operator.name}"
+    harness.on_commit = lambda v: write_reports(run_dir, versions=lineage.versions(v.branch),
+                                                attempts=lineage.attempts(), summary=summary(), title=title)
+
+    def summary() -> dict:
+        best = evolution.best()
+        return {"run_dir": str(run_dir), "task": task.name, "benchmark": grid.name, "agent": operator.name,
+                "device": device, "best_version": best.tag if best else None,
+                "best_score": best.score if best else 0.0, "versions": sum(len(lineage.versions(b)) for b in
+                                                                           population.branches()),
+                "attempts": len(lineage.attempts()), "elapsed_s": budget.elapsed(),
+                "wandb_run_id": tracker.run_id}
+
+    log.info("run directory: %s (device %s, task %s, benchmark %s, agent %s)", run_dir, device, task.name,
+             grid.name, operator.name)
+    try:
+        best_score = evolution.run()
+    finally:
+        budget.save()
+        versions = [v for b in population.branches() for v in lineage.versions(b)]
+        paths = write_reports(run_dir, versions=versions, attempts=lineage.attempts(), summary=summary(),
+                              title=title)
+        best = evolution.best()
+        best_dir = None
+        if best is not None:
+            best_dir = run_dir / "best"
+            import shutil
+
+            shutil.rmtree(best_dir, ignore_errors=True)
+            lineage.export(best, best_dir)
+        tracker.log_summary(summary(), versions, best_dir)
+        tracker.finish()
+        if versions:
+            print(versions_table(versions))
+        print(f"Results: {run_dir}\n  lineage: {run_dir / 'lineage'} (git log --oneline --all; tags {population.branches()[0]}/vN)\n"
+              + "".join(f"  {k}: {p}\n" for k, p in paths.items())
+              + (f"  best program: {best_dir}\n" if best_dir else "")
+              + (f"  W&B: {run_dir / 'wandb'}" + ("  (offline: upload with `wandb sync " + str(run_dir / 'wandb') + "/offline-run-*`)"
+                                                 if not os.environ.get('WANDB_API_KEY') else "")
+                 if tracker.run_id else ""))
+    return best_score
