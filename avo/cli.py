@@ -46,9 +46,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         program = check_program_dir(Path(args.program_dir))
         task, grid, settings = typed(cfg.task, Task), typed(cfg.benchmark, Grid), typed(cfg.evaluator, EvalSettings)
         task.validate()
+        check_grid_fits_device(grid, settings)
     except (ProgramError, ValueError) as exc:
         raise UserError(str(exc)) from None
-    check_grid_fits_device(grid, settings)
     result = evaluate(program, task, grid, settings, gpu=settings.gpus[0] if settings.gpus else None)
     print(json.dumps(result, indent=2))
     return 0 if result.get("correct") else 1

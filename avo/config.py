@@ -107,8 +107,6 @@ class Config:
     evaluator: EvalSettings = MISSING
     logger: LoggerConfig = MISSING
     evolve: EvolveConfig = field(default_factory=EvolveConfig)
-    # Optional explicit run directory (default: Hydra's run/sweep directory under outputs/).
-    run_dir: Optional[str] = None
 
 
 # (group, schema name) -> schema. Each YAML option of the group names its schema first in `defaults`.

@@ -20,6 +20,7 @@ from avo.errors import UserError
 from avo.lineage import Lineage, Version
 from avo.operators import Operator, StepContext
 from avo.population import Population
+from avo.program import ProgramError, read_tunables
 from avo.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class Verdict:
 
 def describe(result: dict) -> str:
     if result.get("correct"):
-        return f"{result.get('score', 0.0):.3f} TFLOPS"
+        return f"{result.get('score', 0.0):.4g} TFLOPS"
     return f"failed at {result.get('stage')}: {(result.get('error') or '').strip().splitlines()[-1:] or ['?']}"[:200]
 
 
@@ -67,12 +68,17 @@ class Harness:
         score, bar = float(result.get("score", 0.0)), (best.score if best else 0.0)
         threshold = bar * (1.0 - self.noise_margin)
         if score >= threshold:
-            return True, f"{score:.3f} >= {threshold:.3f} (best {bar:.3f} minus {self.noise_margin:.1%} noise margin)"
-        return False, f"{score:.3f} < {threshold:.3f} (best {bar:.3f} minus {self.noise_margin:.1%} noise margin)"
+            return True, f"{score:.4g} >= {threshold:.4g} (best {bar:.4g} minus {self.noise_margin:.1%} noise margin)"
+        return False, f"{score:.4g} < {threshold:.4g} (best {bar:.4g} minus {self.noise_margin:.1%} noise margin)"
 
     def record(self, program_dir: Path, result: dict, outcome: str, parent: Optional[Version], meta: dict,
                 version: Optional[Version] = None) -> dict:
+        try:  # the program's CONFIG goes with every attempt (the heuristic never retries one; plots group by it)
+            config = read_tunables(program_dir)[1]
+        except (ProgramError, OSError):
+            config = {}
         record = {
+            "config": config,
             "operator": self.operator_name, "outcome": outcome, "parent": parent.tag if parent else None,
             "version": version.tag if version else None, "score": float(result.get("score", 0.0)),
             "correct": bool(result.get("correct")), "stage": result.get("stage"), "error": result.get("error"),
@@ -144,7 +150,7 @@ class Evolution:
         versions, attempts = self._counts()
         best = self.best()
         log.info("step %d | %s | versions %d | attempts %d | best %s | %s spent, %s left",
-                 step, note, versions, attempts, f"v{best.number} {best.score:.3f} TFLOPS" if best else "-",
+                 step, note, versions, attempts, f"v{best.number} {best.score:.4g} TFLOPS" if best else "-",
                  format_duration(self.budget.elapsed()), format_duration(self.budget.remaining()))
 
     def run(self) -> float:
@@ -175,6 +181,6 @@ class Evolution:
             self.progress(step, f"{verdict} ({outcome.note}, {time.monotonic() - started:.1f}s)")
         self.budget.save()
         best = self.best()
-        log.info("stopping: %s. Best: v%d, %.3f TFLOPS.", stop_reason, best.number if best else -1,
+        log.info("stopping: %s. Best: v%d, %.4g TFLOPS.", stop_reason, best.number if best else -1,
                  best.score if best else 0.0)
         return best.score if best else 0.0

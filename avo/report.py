@@ -99,5 +99,5 @@ def versions_table(versions: list[Any]) -> str:
     lines = [f"{'version':>9}  {'TFLOPS':>10}  message"]
     for v in versions:
         first = (v.message or "").splitlines()[0] if v.message else ""
-        lines.append(f"{v.tag:>9}  {v.score:>10.3f}  {first[:70]}")
+        lines.append(f"{v.tag:>9}  {v.score:>10.4g}  {first[:70]}")
     return "\n".join(lines)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from avo import PROJECT_ROOT
@@ -55,7 +58,7 @@ def ensure_writable(run_dir: Path) -> None:
             pass
     except OSError as exc:
         raise UserError(f"cannot write the run directory {run_dir} ({exc.strerror}): choose a writable one "
-                        "with hydra.run.dir=<path> (or run_dir=<path>)") from None
+                        "with hydra.run.dir=<path>") from None
 
 
 def check_grid_fits_device(grid: Grid, settings: EvalSettings) -> str:
@@ -75,18 +78,31 @@ def typed(node: DictConfig, cls: type) -> Any:
     return obj if isinstance(obj, cls) else cls(**obj)
 
 
-def hydra_context(cfg: DictConfig) -> tuple[Path, Optional[str]]:
-    """(run directory, sweep group name or None), from Hydra when it is running."""
+def hydra_context() -> tuple[Path, Optional[str]]:
+    """(run directory, sweep group name or None) from the running Hydra app."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if cfg.get("run_dir"):
-        return Path(cfg.run_dir).resolve(), None
-    if not HydraConfig.initialized():
-        raise UserError("no run directory: give run_dir=<path> when not started through run.py")
     hc = HydraConfig.get()
     group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
     return Path(hc.runtime.output_dir).resolve(), group
+
+
+class OutputDirCheck(Callback):
+    """Hydra creates the output directory before the job starts: check it first, with a message naming the fix."""
+
+    def _check(self, path: str, key: str) -> None:
+        try:
+            ensure_writable(Path(path))
+        except UserError as exc:
+            print(f"error: {exc}".replace("hydra.run.dir", key), file=sys.stderr)
+            sys.exit(2)
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
 
 
 def build_tracker(cfg: DictConfig, run_dir: Path, group: Optional[str], state: dict) -> Tracker:
@@ -103,7 +119,7 @@ def build_tracker(cfg: DictConfig, run_dir: Path, group: Optional[str], state: d
 
 def main(cfg: DictConfig) -> float:
     """Run (or continue) one evolution; returns the best aggregate score, so sweepers can optimise it."""
-    run_dir, group = hydra_context(cfg)
+    run_dir, group = hydra_context()
     ensure_writable(run_dir)
     try:
         task, grid = typed(cfg.task, Task), typed(cfg.benchmark, Grid)
@@ -113,10 +129,10 @@ def main(cfg: DictConfig) -> float:
         budget_cfg.validate()
         operator = build_operator(cfg.agent)
         population = build_population(cfg.population)
+        device = check_grid_fits_device(grid, settings)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     seed_dir = seed_directory(cfg.seed)
-    device = check_grid_fits_device(grid, settings)
 
     state_path = run_dir / "state" / "run.json"
     state = read_json(state_path)
@@ -145,7 +161,7 @@ def main(cfg: DictConfig) -> float:
                 "best_score": best.score if best else 0.0, "versions": sum(len(lineage.versions(b)) for b in
                                                                            population.branches()),
                 "attempts": len(lineage.attempts()), "elapsed_s": budget.elapsed(),
-                "wandb_run_id": tracker.run_id}
+                "wandb_run_id": tracker.run_id, "wandb_group": cfg.logger.group or group}
 
     log.info("run directory: %s (device %s, task %s, benchmark %s, agent %s)", run_dir, device, task.name,
              grid.name, operator.name)
@@ -160,8 +176,6 @@ def main(cfg: DictConfig) -> float:
         best_dir = None
         if best is not None:
             best_dir = run_dir / "best"
-            import shutil
-
             shutil.rmtree(best_dir, ignore_errors=True)
             lineage.export(best, best_dir)
         tracker.log_summary(summary(), versions, best_dir)

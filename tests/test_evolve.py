@@ -1,0 +1,114 @@
+"""The loop and the harness with a fake evaluator (fast); the real evaluator is exercised in test_run.py."""
+import pytest
+
+from avo.budget import Budget
+from avo.evolve import Evolution, Harness, SeedError
+from avo.lineage import Lineage
+from avo.operators.heuristic import HeuristicOperator
+from avo.population.single import SingleLineage
+from avo.program import read_tunables
+from avo.tracking import NullTracker
+
+KERNEL = '''TUNABLES = {"A": [1, 2, 3, 4], "B": [1, 2]}
+CONFIG = {
+    "A": 1,
+    "B": 1,
+}
+
+
+def attention(q, k, v, *, causal, sm_scale):
+    return q
+'''
+
+
+def fake_evaluate(program_dir):
+    """Score = A * B; A == 3 is 'incorrect'."""
+    config = read_tunables(program_dir)[1]
+    correct = config["A"] != 3
+    score = float(config["A"] * config["B"]) if correct else 0.0
+    return {"stage": "done" if correct else "correctness_grid", "correct": correct, "score": score,
+            "error": None if correct else "max error 1.0 > tolerance", "configs": [{"label": "c", "tflops": score}]}
+
+
+class RecordingTracker(NullTracker):
+    def __init__(self):
+        self.attempts, self.versions = [], []
+
+    def log_attempt(self, record, best_score):
+        self.attempts.append((record["n"], record["outcome"], best_score))
+
+    def log_version(self, version, attempt):
+        self.versions.append(version.number)
+
+
+def build(tmp_path, evaluate=fake_evaluate, max_attempts=None, margin=0.0):
+    seed = tmp_path / "seed"
+    seed.mkdir(exist_ok=True)
+    (seed / "kernel.py").write_text(KERNEL)
+    run_dir = tmp_path / "run"
+    lineage = Lineage(run_dir)
+    budget = Budget(600.0, None, max_attempts, run_dir / "state" / "budget.json")
+    tracker = RecordingTracker()
+    op = HeuristicOperator(mutations=1)
+    harness = Harness(lineage=lineage, evaluate=evaluate, tracker=tracker, budget=budget, noise_margin=margin,
+                      operator_name=op.name)
+    evo = Evolution(lineage=lineage, population=SingleLineage(), operator=op, harness=harness, budget=budget,
+                    run_dir=run_dir, seed_dir=seed)
+    return evo, lineage, tracker
+
+
+def test_acceptance_rule_uses_noise_margin(tmp_path):
+    evo, lineage, _ = build(tmp_path, margin=0.05)
+    evo.start()
+    best = lineage.best("main")  # the seed, score 1.0
+    h = evo.harness
+    assert h.accepts({"correct": True, "score": 0.96}, best)[0]
+    assert not h.accepts({"correct": True, "score": 0.94}, best)[0]
+    assert not h.accepts({"correct": False, "score": 100.0, "stage": "compile", "error": "boom"}, best)[0]
+
+
+def test_run_commits_improvements_and_logs_every_attempt(tmp_path):
+    evo, lineage, tracker = build(tmp_path, max_attempts=7)
+    best = evo.run()
+    versions = lineage.versions("main")
+    attempts = lineage.attempts()
+    assert versions[0].number == 0 and versions[0].score == 1.0
+    assert [a["outcome"] for a in attempts][0] == "seed"
+    assert len(attempts) == 8  # the seed plus 7 attempts: every configuration (4 * 2 = 8) once
+    scores = [v.score for v in versions]
+    assert scores == sorted(scores) and best == max(scores) == 8.0  # A=4, B=2 found
+    assert all(a["outcome"] == "rejected" for a in attempts if a.get("config", {}).get("A") == 3)
+    assert tracker.versions == [v.number for v in versions]
+    assert [n for n, _, _ in tracker.attempts] == [a["n"] for a in attempts]
+    configs = [tuple(sorted(a["config"].items())) for a in attempts if "config" in a]
+    assert len(configs) == len(set(configs))
+
+
+def test_restart_continues_without_duplicates(tmp_path):
+    evo, lineage, _ = build(tmp_path, max_attempts=3)
+    evo.run()
+    first_versions = [v.sha for v in lineage.versions("main")]
+    evo2, lineage2, _ = build(tmp_path, max_attempts=5)
+    evo2.run()
+    versions = lineage2.versions("main")
+    assert [v.sha for v in versions][: len(first_versions)] == first_versions
+    attempts = lineage2.attempts()
+    assert [a["n"] for a in attempts] == list(range(1, 7))  # the seed + 5, numbers never reused
+    assert sum(a["outcome"] == "seed" for a in attempts) == 1
+
+
+def test_search_space_exhausted_ends_the_run(tmp_path):
+    evo, lineage, _ = build(tmp_path, max_attempts=100)
+    evo.run()
+    assert len(lineage.attempts()) == 8
+
+
+def test_broken_seed_stops_the_run_with_its_error(tmp_path):
+    def broken(program_dir):
+        return {"stage": "compile", "correct": False, "score": 0.0, "error": "SyntaxError: invalid syntax"}
+
+    evo, lineage, _ = build(tmp_path, evaluate=broken)
+    with pytest.raises(SeedError, match="SyntaxError: invalid syntax"):
+        evo.run()
+    assert lineage.versions("main") == []
+    assert lineage.attempts()[0]["outcome"] == "seed"
