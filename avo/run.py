@@ -158,34 +158,37 @@ def main(cfg: DictConfig) -> float:
         best = evolution.best()
         return {"run_dir": str(run_dir), "task": task.name, "benchmark": grid.name, "agent": operator.name,
                 "device": device, "best_version": best.tag if best else None,
-                "best_score": best.score if best else 0.0, "versions": sum(len(lineage.versions(b)) for b in
-                                                                           population.branches()),
+                "best_score": best.score if best else 0.0,
+                "versions": sum(len(lineage.versions(b)) for b in population.branches()),
                 "attempts": len(lineage.attempts()), "elapsed_s": budget.elapsed(),
                 "wandb_run_id": tracker.run_id, "wandb_group": cfg.logger.group or group}
 
     log.info("run directory: %s (device %s, task %s, benchmark %s, agent %s)", run_dir, device, task.name,
              grid.name, operator.name)
     try:
-        best_score = evolution.run()
+        return evolution.run()
     finally:
+        # Whatever ended the run (budget, Ctrl-C, an error), the results so far are written and W&B is closed.
         budget.save()
         versions = [v for b in population.branches() for v in lineage.versions(b)]
         paths = write_reports(run_dir, versions=versions, attempts=lineage.attempts(), summary=summary(),
                               title=title)
         best = evolution.best()
-        best_dir = None
         if best is not None:
-            best_dir = run_dir / "best"
-            shutil.rmtree(best_dir, ignore_errors=True)
-            lineage.export(best, best_dir)
-        tracker.log_summary(summary(), versions, best_dir)
+            paths["best program"] = run_dir / "best"
+            shutil.rmtree(paths["best program"], ignore_errors=True)
+            lineage.export(best, paths["best program"])
+        tracker.log_summary(summary(), versions, paths.get("best program"))
         tracker.finish()
-        if versions:
-            print(versions_table(versions))
-        print(f"Results: {run_dir}\n  lineage: {run_dir / 'lineage'} (git log --oneline --all; tags {population.branches()[0]}/vN)\n"
-              + "".join(f"  {k}: {p}\n" for k, p in paths.items())
-              + (f"  best program: {best_dir}\n" if best_dir else "")
-              + (f"  W&B: {run_dir / 'wandb'}" + ("  (offline: upload with `wandb sync " + str(run_dir / 'wandb') + "/offline-run-*`)"
-                                                 if not os.environ.get('WANDB_API_KEY') else "")
-                 if tracker.run_id else ""))
-    return best_score
+        print_results(run_dir, versions, paths, tracker)
+
+
+def print_results(run_dir: Path, versions: list, paths: dict, tracker: Tracker) -> None:
+    if versions:
+        print(versions_table(versions))
+    lines = [f"Results: {run_dir}", f"  lineage: {run_dir / 'lineage'} (git -C {run_dir / 'lineage'} log --all --oneline)"]
+    lines += [f"  {name}: {path}" for name, path in paths.items()]
+    if tracker.run_id:
+        offline = "" if os.environ.get("WANDB_API_KEY") else f" (offline; upload: wandb sync {run_dir / 'wandb'}/offline-run-*)"
+        lines.append(f"  W&B run {tracker.run_id}: {run_dir / 'wandb'}{offline}")
+    print("\n".join(lines))

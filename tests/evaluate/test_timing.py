@@ -1,0 +1,63 @@
+import time
+
+import pytest
+
+from avo.evaluate import timing
+
+
+def test_summarize_statistics():
+    s = timing.summarize([4.0, 1.0, 3.0, 2.0, 100.0])
+    assert s["median_ms"] == 3.0
+    assert s["min_ms"] == 1.0 and s["max_ms"] == 100.0
+    assert s["mean_ms"] == pytest.approx(22.0)
+    assert s["iqr_ms"] == pytest.approx(2.0)  # quartiles 2 and 4: the outlier does not move it
+    assert s["samples_ms"] == [4.0, 1.0, 3.0, 2.0, 100.0]
+
+
+def test_summarize_one_sample_and_none():
+    assert timing.summarize([2.5])["iqr_ms"] == 0.0
+    with pytest.raises(ValueError, match="no timing samples"):
+        timing.summarize([])
+
+
+def test_time_call_cpu_counts_warmup_and_repeats():
+    calls = []
+
+    def fn():
+        calls.append(None)
+        time.sleep(0.002)
+
+    stats = timing.time_call(fn, device="cpu", warmup=2, repeats=5)
+    assert len(calls) == 7
+    assert len(stats["samples_ms"]) == 5
+    assert 2.0 <= stats["min_ms"] <= stats["median_ms"] <= stats["max_ms"]
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        timing.time_call(lambda: None, device="cpu", warmup=0, repeats=0)
+    with pytest.raises(ValueError, match="unknown timing device 'tpu'"):
+        timing.make_clock("tpu")
+
+
+@pytest.mark.gpu
+def test_cuda_clock_counts_side_stream_work():
+    import torch
+
+    side = torch.cuda.Stream()
+
+    def fn():  # returns at once; the work runs on another stream
+        with torch.cuda.stream(side):
+            torch.cuda._sleep(50_000_000)  # tens of ms of GPU cycles
+
+    stats = timing.time_call(fn, device="cuda", warmup=1, repeats=3, flush_l2=True)
+    assert stats["min_ms"] > 5.0
+
+
+@pytest.mark.gpu
+def test_cuda_time_call_matmul():
+    import torch
+
+    a = torch.randn(2048, 2048, device="cuda", dtype=torch.float16)
+    stats = timing.time_call(lambda: a @ a, device="cuda", warmup=3, repeats=10)
+    assert 0 < stats["min_ms"] <= stats["median_ms"] <= stats["max_ms"]
