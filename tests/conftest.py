@@ -8,6 +8,13 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.pop("WANDB_API_KEY", None)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_baseline_cache(tmp_path_factory):
+    """Baseline figures measured by tests go to a temporary cache, not the project's outputs/."""
+    os.environ["AVO_BASELINE_CACHE"] = str(tmp_path_factory.mktemp("cache") / "baselines.json")
+    yield
+
+
 def _cuda_available() -> bool:
     try:
         import torch
@@ -24,3 +31,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# The fake OpenAI-compatible server (tests/fake_llm.py) as a fixture for every test module.
+from fake_llm import llm_server  # noqa: E402,F401

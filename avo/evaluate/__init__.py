@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Optional
 
@@ -25,7 +25,7 @@ from avo.evaluate.result import device_info, fail, new_result, trim
 from avo.evaluate.settings import EvalSettings
 from avo.task import Grid, Task, grid_shapes
 
-__all__ = ["evaluate", "resolve_device", "EvalSettings"]
+__all__ = ["evaluate", "bench", "resolve_device", "EvalSettings"]
 
 # Grace after SIGKILL for the kernel to reap the group before we read the files the worker left.
 _KILL_WAIT_S = 10.0
@@ -105,11 +105,16 @@ def _kill_group(pgid: int) -> None:
         pass  # the group is already gone
 
 
-def evaluate(program_dir, task: Task, grid: Grid, settings: EvalSettings, *, gpu: Optional[int] = None) -> dict:
+def evaluate(program_dir, task: Task, grid: Grid, settings: EvalSettings, *, gpu: Optional[int] = None,
+             incumbent: Optional[Path] = None, bench_reps: int = 0) -> dict:
     """Evaluate the program in `program_dir` on `grid` for `task`; return the result dict.
 
     `gpu` pins the worker with CUDA_VISIBLE_DEVICES (None: the worker inherits this process's visibility).
-    Raises ValueError only for usage errors; every failure of the program is a result with correct=False.
+    `incumbent` (a program directory, e.g. the best committed version) is timed interleaved with the
+    candidate in the same worker; its figures come back under "incumbent", so a decision that depends on
+    the difference of the two compares like with like. `bench_reps` adds that many full timing passes of
+    program and baselines (see `bench`). Raises ValueError only for usage errors; every failure of the
+    program is a result with correct=False.
     """
     start = time.monotonic()
     program_dir = Path(program_dir).resolve()
@@ -131,8 +136,14 @@ def evaluate(program_dir, task: Task, grid: Grid, settings: EvalSettings, *, gpu
         tmp = Path(tmp)
         copy = tmp / "program"
         _copy_program(program_dir, copy)
+        incumbent_copy = None
+        if incumbent is not None and Path(incumbent).joinpath("kernel.py").is_file():
+            incumbent_copy = tmp / "incumbent"
+            _copy_program(Path(incumbent), incumbent_copy)
         request = {
             "program_dir": str(copy),
+            "incumbent_dir": str(incumbent_copy) if incumbent_copy else None,
+            "bench_reps": bench_reps,
             "task": asdict(task),
             "grid": asdict(grid),
             "settings": asdict(settings),
@@ -196,3 +207,23 @@ def _died(task: Task, grid: Grid, shapes, device: str, progress_path: Path, retu
     error = what + (f"\nlast output of the worker:\n{tail}" if tail else "")
     info = progress.get("device") or device_info(device, query_gpu=False)
     return fail(new_result(task, grid, shapes, info), stage, error, settings.log_chars)
+
+
+def bench(program_dir, task: Task, grid: Grid, settings: EvalSettings, *, reps: int = 10,
+          gpu: Optional[int] = None, baselines: bool = True) -> dict:
+    """The paper's comparison: after the full correctness cascade, `reps` full timing passes over the grid,
+    the program and every available baseline interleaved by the same protocol (no cached baseline figures).
+
+    Returns {"task", "grid", "device", "correct", "error", "impls": ["program", <baselines>...],
+    "configs": [{"label", "shape", "tflops": {impl: [one median per repetition]}}], "result": <evaluate's>}.
+    """
+    if reps < 1:
+        raise ValueError(f"reps must be at least 1, got {reps}")
+    settings = replace(settings, baseline_cache=False, baselines=list(settings.baselines) if baselines else [])
+    # Each repetition is a timing pass: the hard limit grows with them.
+    settings.timeout_s = settings.timeout_s * (1 + reps)
+    result = evaluate(program_dir, task, grid, settings, gpu=gpu, bench_reps=reps)
+    data = result.pop("bench", None) or {"impls": ["program"], "configs": [
+        {"label": c["label"], "shape": c["shape"], "tflops": {"program": []}} for c in result["configs"]]}
+    return {"task": task.name, "grid": grid.name, "device": result.get("device", {}),
+            "correct": bool(result.get("correct")), "error": result.get("error"), **data, "result": result}

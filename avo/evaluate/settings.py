@@ -23,3 +23,14 @@ class EvalSettings:
     flush_l2: bool = True
     # Characters of captured compiler/Python output kept in the result (head and tail).
     log_chars: int = 4000
+    # Baselines timed by the same protocol (those not installed are skipped): cudnn and fa2 through PyTorch
+    # SDPA, flash_attn (FA2 package), fa3, fa4. Measured figures are cached per device, libraries and shape.
+    baselines: list[str] = field(default_factory=lambda: ["cudnn", "fa2", "flash_attn", "fa3", "fa4"])
+    baseline_cache: bool = True
+    # A configuration faster than this multiple of the best baseline is flagged for a person to review.
+    review_factor: float = 1.3
+    # Event time below this fraction of the synchronised wall-clock time per call means work escaped the
+    # timed stream: the wall-clock figure is used and the result flagged.
+    wall_check: float = 0.8
+    # Record the ATen ops of a correctness call (another attention implementation reached dynamically).
+    monitor_ops: bool = True

@@ -22,11 +22,13 @@ import uuid
 from pathlib import Path
 from typing import Callable, Optional
 
+from avo.evaluate import baselines as baselines_mod
 from avo.evaluate import checks
+from avo.evaluate.honesty import ConcurrencyGuard, HarnessGuard, OpMonitor, relative_l2, speed_verdict
 from avo.evaluate.result import device_info, fail, finalize, new_result
 from avo.evaluate.settings import EvalSettings
-from avo.evaluate.timing import time_call
-from avo.task import Grid, GridPoint, Shape, Task, grid_shapes, reference_attention, with_seqlen
+from avo.evaluate.timing import make_clock, measure_interleaved, wall_per_call
+from avo.task import Grid, GridPoint, Shape, Task, aggregate, grid_shapes, reference_attention, with_seqlen
 
 # Peak of the float32 score matrices the chunked reference may hold at once (scores, softmax, temporaries).
 REFERENCE_BUDGET_BYTES = 1 << 30
@@ -48,12 +50,12 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def load_request(path: str) -> tuple[Path, Task, Grid, EvalSettings, str, Path, Path]:
+def load_request(path: str) -> dict:
     req = json.loads(Path(path).read_text())
     grid = dict(req["grid"])
     grid["configs"] = [GridPoint(**c) for c in grid.get("configs", [])]
-    return (Path(req["program_dir"]), Task(**req["task"]), Grid(**grid), EvalSettings(**req["settings"]),
-            req["device"], Path(req["progress_path"]), Path(req["result_path"]))
+    req["grid"], req["task"], req["settings"] = Grid(**grid), Task(**req["task"]), EvalSettings(**req["settings"])
+    return req
 
 
 def format_exception(exc: BaseException) -> str:
@@ -115,16 +117,24 @@ def chunked_reference(q, k, v, *, causal: bool, sm_scale: float):
 
 
 class Worker:
+    """One evaluation: the cascade for the program, timed against its incumbent and baselines when given."""
+
     def __init__(self, program_dir: Path, task: Task, grid: Grid, settings: EvalSettings, device: str,
-                 progress_path: Path):
+                 progress_path: Path, *, incumbent_dir: Optional[Path] = None, bench_reps: int = 0):
         self.program_dir = program_dir
         self.task = task
         self.grid = grid
         self.settings = settings
         self.device = device
         self.progress_path = progress_path
+        self.incumbent_dir = incumbent_dir
+        self.bench_reps = bench_reps
         self.device_info: dict = {}
         self.attention: Optional[Callable] = None
+        self.incumbent: Optional[Callable] = None
+        self.clock = None
+        self.guard: Optional[HarnessGuard] = None
+        self.concurrency: Optional[ConcurrencyGuard] = None
 
     # --- bookkeeping ---------------------------------------------------------------------------------
 
@@ -138,6 +148,12 @@ class Worker:
             import torch
 
             torch.cuda.synchronize()
+
+    def check_harness(self, when: str) -> None:
+        changed = self.guard.changed() if self.guard else []
+        if changed:
+            raise ProgramError(f"the program replaced parts of the evaluator ({', '.join(changed[:6])}) {when}; "
+                               "a program must not patch timers, synchronisation or the checks")
 
     # --- the cascade ---------------------------------------------------------------------------------
 
@@ -158,22 +174,38 @@ class Worker:
 
             self.device_info = device_info(self.device)
             result["device"] = self.device_info
+            # The clock (and its calibration) and the guards exist before any program code runs.
+            self.clock = make_clock(self.device, self.settings.flush_l2)
+            self.guard = HarnessGuard()
+            self.concurrency = ConcurrencyGuard()
+            if self.incumbent_dir is not None:
+                self.progress(stage, "importing the incumbent")
+                try:
+                    self.incumbent = self.load_program(self.incumbent_dir)
+                except ProgramError as exc:  # the incumbent was committed correct; say so, but judge the candidate
+                    result["flags"].append(f"incumbent could not be loaded for interleaved timing: {exc}"[:500])
             self.progress(stage, "importing kernel.py")
-            self.attention = self.load_program()
+            self.attention = self.load_program(self.program_dir)
+            self.check_harness("while being imported")
 
             stage = "correctness_small"
             base = shapes[0]
-            for seqlen in self.settings.odd_seqlens:
+            for i, seqlen in enumerate(self.settings.odd_seqlens):
                 shape = with_seqlen(base, seqlen)
-                self.check_correct(stage, shape, seed_base=1_000_000 + 1_000 * seqlen)
+                self.check_correct(stage, shape, seed_base=1_000_000 + 1_000 * seqlen, monitor=i == 0)
 
             stage = "correctness_grid"
             for i, (shape, entry) in enumerate(zip(shapes, result["configs"])):
-                entry["max_err"] = self.check_correct(stage, shape, seed_base=2_000_000 + 1_000 * i)
+                entry["max_err"], entry["rel_l2"] = self.check_correct(stage, shape, seed_base=2_000_000 + 1_000 * i,
+                                                                       monitor=not self.settings.odd_seqlens and i == 0)
+                entry["tol_rel_l2"] = self.task.rel_l2
 
             stage = "timing"
-            for i, (shape, entry) in enumerate(zip(shapes, result["configs"])):
-                self.time_config(stage, shape, entry, seed=3_000_000 + i)
+            self.time_grid(stage, shapes, result)
+            self.check_harness("while being timed")
+            if self.bench_reps:
+                stage = "bench"
+                result["bench"] = self.bench(stage, shapes)
 
             result["stage"] = "done"
             result["correct"] = True
@@ -184,11 +216,11 @@ class Worker:
         except Exception as exc:  # the evaluator's own failure (e.g. out of memory in the reference)
             return fail(result, stage, f"evaluator error during stage {stage}:\n{format_exception(exc)}", limit)
 
-    def load_program(self) -> Callable:
-        path = self.program_dir / "kernel.py"
+    def load_program(self, program_dir: Path) -> Callable:
+        path = program_dir / "kernel.py"
         # A unique module name, so nothing cached under a common name (e.g. "kernel") can be picked up.
         name = f"avo_program_{uuid.uuid4().hex[:12]}"
-        sys.path.insert(0, str(self.program_dir))  # the program may import its own helper modules
+        sys.path.insert(0, str(program_dir))  # the program may import its own helper modules
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module  # Triton's JIT and dataclasses look functions' modules up here
@@ -197,6 +229,8 @@ class Worker:
             self.sync()
         except BaseException as exc:
             raise ProgramError(f"importing kernel.py failed:\n{format_exception(exc)}") from None
+        finally:
+            sys.path.remove(str(program_dir))
         attention = getattr(module, "attention", None)
         if attention is None:
             raise ProgramError("kernel.py does not define `attention`; a program must define "
@@ -205,62 +239,196 @@ class Worker:
             raise ProgramError(f"kernel.py defines `attention` as a {type(attention).__name__}, not a function")
         return attention
 
-    def call(self, stage: str, what: str, shape: Shape, inputs: dict):
+    def call(self, stage: str, what: str, shape: Shape, inputs: dict, fn: Optional[Callable] = None):
         sm_scale = 1.0 / math.sqrt(shape.head_dim)
         try:
-            out = self.attention(inputs["q"], inputs["k"], inputs["v"], causal=shape.causal, sm_scale=sm_scale)
+            out = (fn or self.attention)(inputs["q"], inputs["k"], inputs["v"], causal=shape.causal,
+                                         sm_scale=sm_scale)
             self.sync()  # asynchronous CUDA errors surface here, attributed to this call
         except BaseException as exc:
             raise ProgramError(f"{stage}: attention raised on {what}:\n{format_exception(exc)}") from None
         return out
 
-    def validate(self, stage: str, what: str, shape: Shape, out, inputs: dict, clones: dict) -> float:
-        """Output checks and comparison with the float32 reference; returns the max abs error."""
-        err = checks.check_output(out, inputs["q"]) or checks.check_inputs_unchanged(inputs, clones)
+    def validate(self, stage: str, what: str, shape: Shape, out, inputs: dict, clones: dict) -> tuple[float, float]:
+        """Output checks and comparison with the float32 reference; returns (max abs error, relative L2)."""
+        err = (checks.check_output(out, inputs["q"]) or checks.check_inputs_unchanged(inputs, clones)
+               or (self.concurrency.violations() if self.concurrency else None))
         if err:
             raise ProgramError(f"{stage}: {err} on {what}")
+        # The reference is computed only now, after the call: there is nothing for a program to read back.
         ref = chunked_reference(clones["q"], clones["k"], clones["v"], causal=shape.causal,
                                 sm_scale=1.0 / math.sqrt(shape.head_dim))
         max_err, err = checks.compare(out, ref, atol=self.task.atol, rtol=self.task.rtol)
         if err:
             raise ProgramError(f"{stage}: wrong result on {what}: {err}")
-        return max_err
+        rel = relative_l2(out, ref)
+        if rel > self.task.rel_l2:
+            raise ProgramError(f"{stage}: result too imprecise on {what}: relative L2 error {rel:.3g} > "
+                               f"{self.task.rel_l2:g} (task.rel_l2); lowered precision is not allowed")
+        return max_err, rel
 
-    def check_correct(self, stage: str, shape: Shape, seed_base: int) -> float:
-        max_err = 0.0
+    def check_correct(self, stage: str, shape: Shape, seed_base: int, monitor: bool = False) -> tuple[float, float]:
+        max_err = rel = 0.0
         for trial in range(self.settings.trials):
             what = f"{describe(shape)}, trial {trial}"
             self.progress(stage, what)
             inputs = make_inputs(shape, seed_base + trial, trial, self.device)
             clones = {name: t.clone() for name, t in inputs.items()}
-            out = self.call(stage, what, shape, inputs)
-            max_err = max(max_err, self.validate(stage, what, shape, out, inputs, clones))
+            if monitor and trial == 0 and self.settings.monitor_ops:
+                with OpMonitor() as ops:
+                    out = self.call(stage, what, shape, inputs)
+                if ops.forbidden():
+                    raise ProgramError(f"{stage}: the program executed another attention implementation "
+                                       f"({', '.join(ops.forbidden())}) on {what}; it must compute attention itself")
+            else:
+                out = self.call(stage, what, shape, inputs)
+            e, r = self.validate(stage, what, shape, out, inputs, clones)
+            max_err, rel = max(max_err, e), max(rel, r)
             del out, inputs, clones
-        return max_err
+        return max_err, rel
 
-    def time_config(self, stage: str, shape: Shape, entry: dict, seed: int) -> None:
+    # --- timing --------------------------------------------------------------------------------------
+
+    def implementations(self, with_baselines: bool) -> dict[str, Callable]:
+        impls = {"program": self.attention}
+        if self.incumbent is not None:
+            impls["incumbent"] = self.incumbent
+        if with_baselines:
+            impls.update(baselines_mod.available(self.settings.baselines, self.device))
+        return impls
+
+    def measure(self, stage: str, shape: Shape, impls: dict[str, Callable], seed: int, validate: bool) -> dict:
+        """Interleaved timing of `impls` on one shape. Before every call the inputs are refilled with fresh
+        values (untimed), so no call can return an earlier result; the program's output is validated on a
+        randomly chosen timed call and on the last one. Returns {name: timing summary}."""
+        import torch
+
         what = f"{describe(shape)}, timed calls"
         self.progress(stage, what)
-        # Fresh inputs, and the output of the last timed call is validated too: a program that caches results
-        # of the correctness inputs, or skips or defers work once warmed up, fails here.
         inputs = make_inputs(shape, seed, 0, self.device)
-        clones = {name: t.clone() for name, t in inputs.items()}
-        last = {}
+        gen = torch.Generator(device=self.device).manual_seed(seed + 17)
+        repeats = self.settings.repeats
+        check_rounds = {int(torch.randint(0, repeats, (1,), generator=gen)), repeats - 1} if validate else set()
+        state = {"clones": None, "out": None}
 
-        def fn():
-            last["out"] = self.call(stage, what, shape, inputs)
+        def refill(name: str) -> None:
+            for t in inputs.values():
+                t.copy_(torch.randn(t.shape, generator=gen, device=self.device, dtype=torch.float32))
+            state["clones"] = None
 
-        stats = time_call(fn, device=self.device, warmup=self.settings.warmup, repeats=self.settings.repeats,
-                          flush_l2=self.settings.flush_l2)
-        self.validate(stage, what, shape, last.pop("out"), inputs, clones)
-        median = stats["median_ms"]
-        entry["ms"] = median
-        entry["spread_ms"] = {
-            "min": stats["min_ms"], "max": stats["max_ms"], "iqr": stats["iqr_ms"], "mean": stats["mean_ms"],
-            "rel_range": (stats["max_ms"] - stats["min_ms"]) / median if median > 0 else 0.0,
-            "rel_iqr": stats["iqr_ms"] / median if median > 0 else 0.0,
-        }
-        entry["tflops"] = shape.flops / (median / 1e3) / 1e12 if median > 0 else 0.0
+        def wrapped(name: str, fn: Callable) -> Callable:
+            def call():
+                out = self.call(stage, what, shape, inputs, fn)
+                if name == "program":
+                    state["out"] = out
+            return call
+
+        def before(name: str) -> None:
+            refill(name)
+            if name == "program" and check_rounds:
+                state["clones"] = {k: t.clone() for k, t in inputs.items()}
+
+        def after(name: str, rnd: int) -> None:
+            if name == "program" and rnd in check_rounds:
+                self.validate(stage, f"{what} (round {rnd})", shape, state["out"], inputs, state["clones"])
+            state["out"] = None
+
+        calls = {name: wrapped(name, fn) for name, fn in impls.items()}
+        return measure_interleaved(calls, clock=self.clock, warmup=self.settings.warmup, repeats=repeats,
+                                   before_each=before, after_each=after)
+
+    def time_grid(self, stage: str, shapes: list[Shape], result: dict) -> None:
+        settings = self.settings
+        cache = baselines_mod.BaselineCache() if settings.baseline_cache else None
+        peak = self.peak(cache)
+        result["device"]["peak_tflops"] = peak
+        tflops_by_label, base_by_label, incumbent = {}, {}, []
+        for i, (shape, entry) in enumerate(zip(shapes, result["configs"])):
+            key = baselines_mod.cache_key(self.device_info.get("name", ""), shape.to_dict(),
+                                          f"{settings.baselines}|{settings.repeats}|{settings.flush_l2}")
+            cached = cache.get(key) if cache and settings.baselines else None
+            stats = self.measure(stage, shape, self.implementations(with_baselines=cached is None and
+                                                                    bool(settings.baselines)),
+                                 seed=3_000_000 + i, validate=True)
+            fill_entry(entry, stats.pop("program"), shape)
+            if self.device == "cuda":
+                self.wall_check(stage, shape, entry, result)
+            if "incumbent" in stats:
+                incumbent.append(tflops(shape, stats.pop("incumbent")["median_ms"]))
+            if cached is None:
+                cached = {name: {"ms": st["median_ms"], "tflops": tflops(shape, st["median_ms"]),
+                                 "rel_iqr": st["iqr_ms"] / st["median_ms"] if st["median_ms"] else 0.0}
+                          for name, st in stats.items()}
+                if cache and cached:
+                    cache.put(key, cached)
+            result["baselines"][entry["label"]] = cached
+            entry["speedup"] = {name: entry["tflops"] / b["tflops"] for name, b in cached.items() if b["tflops"]}
+            tflops_by_label[entry["label"]] = entry["tflops"]
+            base_by_label[entry["label"]] = {name: b["tflops"] for name, b in cached.items()}
+        names = sorted({n for b in base_by_label.values() for n in b})
+        result["speedups"] = {n: aggregate(list(tflops_by_label.values())) / agg
+                              for n in names
+                              if (agg := aggregate([base_by_label[l].get(n, 0.0) for l in tflops_by_label]))}
+        if incumbent:
+            result["incumbent"] = {"score": aggregate(incumbent), "tflops": incumbent}
+        if self.device == "cuda":  # CPU figures say nothing about what is plausible on a GPU
+            reject, flags = speed_verdict(tflops_by_label, peak=peak, baselines=base_by_label,
+                                          review_factor=settings.review_factor)
+            result["flags"] += flags
+            if reject:
+                raise ProgramError(f"{stage}: {reject}")
+
+    def wall_check(self, stage: str, shape: Shape, entry: dict, result: dict) -> None:
+        """Work deferred off the timed stream shows as a wall clock much slower than the events."""
+        inputs = make_inputs(shape, 4_000_000, 0, self.device)
+        wall = wall_per_call(lambda: self.call(stage, "wall-clock check", shape, inputs), clock=self.clock,
+                             calls=max(3, self.settings.repeats))
+        entry["wall_ms"] = wall
+        if entry["ms"] < self.settings.wall_check * wall and wall - entry["ms"] > 0.05:
+            result["flags"].append(f"{entry['label']}: event time {entry['ms']:.3f} ms but {wall:.3f} ms per call by "
+                                   "the synchronised wall clock: work escaped the timed stream; the wall-clock "
+                                   "figure is used")
+            entry["ms"] = wall
+            entry["tflops"] = tflops(shape, wall)
+
+    def peak(self, cache) -> Optional[float]:
+        if self.device != "cuda":
+            return None
+        key = baselines_mod.cache_key(self.device_info.get("name", ""), {}, "peak")
+        hit = cache.get(key) if cache else None
+        if hit:
+            return hit["tflops"]
+        value = baselines_mod.measure_peak_tflops(self.clock)
+        if cache:
+            cache.put(key, {"tflops": value})
+        return value
+
+    def bench(self, stage: str, shapes: list[Shape]) -> dict:
+        """The paper's comparison: `bench_reps` full passes over the grid, program and baselines interleaved."""
+        impls = self.implementations(with_baselines=bool(self.settings.baselines))
+        configs = [{"label": s.label, "shape": s.to_dict(), "tflops": {n: [] for n in impls}} for s in shapes]
+        for rep in range(self.bench_reps):
+            for i, (shape, entry) in enumerate(zip(shapes, configs)):
+                stats = self.measure(f"{stage} {rep + 1}/{self.bench_reps}", shape, impls,
+                                     seed=5_000_000 + 1_000 * rep + i, validate=rep == 0)
+                for name, st in stats.items():
+                    entry["tflops"][name].append(tflops(shape, st["median_ms"]))
+        return {"impls": list(impls), "configs": configs}
+
+
+def tflops(shape: Shape, ms: float) -> float:
+    return shape.flops / (ms / 1e3) / 1e12 if ms > 0 else 0.0
+
+
+def fill_entry(entry: dict, stats: dict, shape: Shape) -> None:
+    median = stats["median_ms"]
+    entry["ms"] = median
+    entry["spread_ms"] = {
+        "min": stats["min_ms"], "max": stats["max_ms"], "iqr": stats["iqr_ms"], "mean": stats["mean_ms"],
+        "rel_range": (stats["max_ms"] - stats["min_ms"]) / median if median > 0 else 0.0,
+        "rel_iqr": stats["iqr_ms"] / median if median > 0 else 0.0,
+    }
+    entry["tflops"] = tflops(shape, median)
 
 
 def describe(shape: Shape) -> str:
@@ -271,10 +439,13 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m avo.evaluate.worker <request.json>", file=sys.stderr)
         return 2
-    program_dir, task, grid, settings, device, progress_path, result_path = load_request(argv[1])
-    worker = Worker(program_dir, task, grid, settings, device, progress_path)
+    req = load_request(argv[1])
+    incumbent = req.get("incumbent_dir")
+    worker = Worker(Path(req["program_dir"]), req["task"], req["grid"], req["settings"], req["device"],
+                    Path(req["progress_path"]), incumbent_dir=Path(incumbent) if incumbent else None,
+                    bench_reps=int(req.get("bench_reps", 0)))
     result = worker.run()
-    write_json_atomic(result_path, result)
+    write_json_atomic(Path(req["result_path"]), result)
     return 0
 
 
