@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(PY) run.py task=mha_causal agent=heuristic benchmark=smoke budget.minutes=2
+	$(PY) run.py task=mha_causal agent=heuristic benchmark=smoke seed=torch_blocked budget.minutes=2
 
 test: $(VENV)/.installed
 	$(PY) -m pytest

@@ -49,10 +49,28 @@ class Budget:
     max_versions: Optional[int]
     max_attempts: Optional[int]
     state_path: Path
+    max_tokens: Optional[int] = None  # LLM tokens over the run (operators report them with `spend`)
+    max_usd: Optional[float] = None  # LLM cost over the run
 
     def __post_init__(self) -> None:
-        self._spent_before = float(read_json(self.state_path).get("elapsed_s", 0.0))
+        state = read_json(self.state_path)
+        self._spent_before = float(state.get("elapsed_s", 0.0))
+        self.tokens = int(state.get("tokens", 0))
+        self.usd = float(state.get("usd", 0.0))
         self._started = time.monotonic()
+
+    def spend(self, tokens: int, usd: float) -> None:
+        """Count LLM tokens and cost (persisted with the next `save`)."""
+        self.tokens += int(tokens)
+        self.usd += float(usd)
+
+    def over_spend(self) -> Optional[str]:
+        """Why the token or money budget is spent, or None (operators check it between model calls)."""
+        if self.max_tokens is not None and self.tokens >= self.max_tokens:
+            return f"{self.tokens} LLM tokens used (budget.max_tokens={self.max_tokens})"
+        if self.max_usd is not None and self.usd >= self.max_usd:
+            return f"${self.usd:.2f} of LLM calls spent (budget.max_usd={self.max_usd})"
+        return None
 
     def elapsed(self) -> float:
         return self._spent_before + (time.monotonic() - self._started)
@@ -61,7 +79,8 @@ class Budget:
         return max(0.0, self.seconds - self.elapsed())
 
     def save(self) -> None:
-        write_json_atomic(self.state_path, {"elapsed_s": self.elapsed(), "limit_s": self.seconds})
+        write_json_atomic(self.state_path, {"elapsed_s": self.elapsed(), "limit_s": self.seconds,
+                                            "tokens": self.tokens, "usd": self.usd})
 
     def exhausted(self, versions: int, attempts: int) -> Optional[str]:
         """Why the run must stop now, or None. `versions` excludes the seed."""
@@ -71,4 +90,4 @@ class Budget:
             return f"{versions} versions committed (budget.max_versions={self.max_versions})"
         if self.max_attempts is not None and attempts >= self.max_attempts:
             return f"{attempts} attempts made (budget.max_attempts={self.max_attempts})"
-        return None
+        return self.over_spend()

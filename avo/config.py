@@ -26,6 +26,8 @@ class BudgetConfig:
     minutes: Optional[float] = None
     max_versions: Optional[int] = None  # committed versions, not counting the seed
     max_attempts: Optional[int] = None  # evaluated candidates, accepted or not
+    max_tokens: Optional[int] = None  # LLM tokens (input + cached + output) over the whole run
+    max_usd: Optional[float] = None  # LLM cost in USD over the whole run (the agent config's prices)
 
     DEFAULT_HOURS = 1.0
 
@@ -44,10 +46,12 @@ class BudgetConfig:
                 raise ValueError(f"budget.{key}={value} is negative: give a positive duration, e.g. budget.{key}=1")
         if self.seconds <= 0:
             raise ValueError("the wall-clock budget is zero: give a positive one, e.g. budget.minutes=10 or budget.days=7")
-        for key in ("max_versions", "max_attempts"):
+        for key in ("max_versions", "max_attempts", "max_tokens"):
             value = getattr(self, key)
             if value is not None and value <= 0:
                 raise ValueError(f"budget.{key}={value} must be at least 1 (or null for no limit)")
+        if self.max_usd is not None and self.max_usd <= 0:
+            raise ValueError(f"budget.max_usd={self.max_usd} must be positive (or null for no limit)")
 
 
 @dataclass
@@ -73,6 +77,85 @@ class HeuristicAgentConfig(AgentConfig):
 
 
 @dataclass
+class PricesConfig:
+    """USD per million tokens (0: a local server, free)."""
+
+    input: float = 0.0
+    cached: float = 0.0
+    output: float = 0.0
+
+
+@dataclass
+class LLMAgentConfig(AgentConfig):
+    """The model client's settings (avo.llm), shared by every LLM operator. The API key is never in a config:
+    it is read from the environment variable `api_key_env` when the run starts (null: no key, local servers)."""
+
+    model: str = "local-model"
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key_env: Optional[str] = None
+    temperature: Optional[float] = None  # null: the server's default (reasoning models accept no other)
+    max_output_tokens: Optional[int] = 8192
+    # The request field for max_output_tokens: OpenAI's "max_completion_tokens", or "max_tokens" (older servers).
+    max_tokens_param: str = "max_completion_tokens"
+    reasoning_effort: Optional[str] = None  # "low"/"medium"/"high" for models that have it; null: not sent
+    context_window: int = 128_000  # tokens; the agent compacts its memory before it fills
+    prices: PricesConfig = field(default_factory=PricesConfig)
+    timeout_s: float = 600.0  # one request
+    max_retries: int = 6  # on 429, 5xx, timeouts and dropped connections, with exponential backoff
+    retry_backoff_s: float = 2.0
+    retry_max_wait_s: float = 120.0
+    extra_body: dict[str, Any] = field(default_factory=dict)  # server-specific request fields
+
+
+@dataclass
+class AvoAgentConfig(LLMAgentConfig):
+    """The agentic variation operator: one step is a whole agent run (avo.operators.agent)."""
+
+    name: str = "avo"
+    # "tools": native tool calling; "text": one fenced ```action block per reply (servers without tool calling).
+    protocol: str = "tools"
+    # Limits of one variation step; the step also ends when a submission is accepted.
+    max_turns: int = 100
+    max_evaluations: int = 30  # evaluate + submit calls
+    max_step_minutes: float = 180.0
+    max_step_tokens: Optional[int] = None
+    max_consecutive_errors: int = 5  # malformed replies in a row before the step is given up
+    compact_at: float = 0.8  # compact the memory when the conversation reaches this share of context_window
+    tool_output_chars: int = 12_000  # tool results are trimmed to this (head and tail, elision counted)
+    shell_timeout_s: float = 300.0  # default (and maximum) time of one shell command
+    knowledge_results: int = 5
+    prompts_dir: Optional[str] = None  # a directory overriding the templates of avo/operators/agent/prompts
+
+
+@dataclass
+class SingleShotAgentConfig(LLMAgentConfig):
+    """The fixed pipeline of FunSearch/AlphaEvolve/OpenEvolve: sample, one LLM call, apply, evaluate."""
+
+    name: str = "single_shot"
+    inspirations: int = 2  # other versions shown next to the parent (score-weighted sample)
+    max_file_chars: int = 40_000  # per file of the parent shown to the model
+    prompts_dir: Optional[str] = None
+
+
+@dataclass
+class CliAgentConfig(AgentConfig):
+    """Any external coding-agent command as the operator (avo.operators.cli_agent)."""
+
+    name: str = "cli"
+    # Run in the workspace (a git worktree of the parent), split like a shell line (no shell). Placeholders:
+    # {prompt} (the step's prompt as one argument), {prompt_file} (a file holding it), {workspace}.
+    command: str = ""
+    stdin: bool = False  # also feed the prompt on standard input
+    timeout_s: float = 3600.0  # the whole process group is killed after it
+    # Environment variables passed to the command although they look secret (e.g. ANTHROPIC_API_KEY for
+    # claude): all others named *KEY*, *TOKEN*, *SECRET* are withheld.
+    pass_env: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # extra variables for the command
+    output_chars: int = 8000  # of the command's output kept in the attempt's notes
+    prompts_dir: Optional[str] = None
+
+
+@dataclass
 class PopulationConfig:
     name: str = "single_lineage"
     branch: str = "main"
@@ -80,8 +163,11 @@ class PopulationConfig:
 
 @dataclass
 class EvolveConfig:
-    # Acceptance: correct and score >= best committed score * (1 - noise_margin).
-    noise_margin: float = 0.01
+    # Acceptance: correct and score >= incumbent score * (1 - noise_margin). null: derived from the measured
+    # run-to-run noise of the incumbent (2.5 x its RMS, within 0.5%..5%; 1% until measured).
+    noise_margin: Optional[float] = None
+    # Re-time the best version interleaved with each candidate in the same worker, and compare with that.
+    interleave: bool = True
     seed: int = 0  # random seed of the operator's choices
 
 
@@ -97,6 +183,17 @@ class LoggerConfig:
 
 
 @dataclass
+class KnowledgeConfig:
+    """What the knowledge base indexes (avo/knowledge.py): the builtin documents of <project>/knowledge,
+    user folders or files (a clone of flash-attention, CUTLASS, CUDA docs) and installed packages' sources
+    by import name (e.g. triton)."""
+
+    builtin: bool = True
+    paths: list[str] = field(default_factory=list)
+    packages: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Config:
     task: Task = MISSING
     benchmark: Grid = MISSING
@@ -106,6 +203,7 @@ class Config:
     seed: SeedConfig = MISSING
     evaluator: EvalSettings = MISSING
     logger: LoggerConfig = MISSING
+    knowledge: KnowledgeConfig = MISSING
     evolve: EvolveConfig = field(default_factory=EvolveConfig)
 
 
@@ -114,11 +212,15 @@ SCHEMAS = {
     ("task", "task_schema"): Task,
     ("benchmark", "benchmark_schema"): Grid,
     ("agent", "heuristic_schema"): HeuristicAgentConfig,
+    ("agent", "avo_schema"): AvoAgentConfig,
+    ("agent", "single_shot_schema"): SingleShotAgentConfig,
+    ("agent", "cli_schema"): CliAgentConfig,
     ("population", "population_schema"): PopulationConfig,
     ("budget", "budget_schema"): BudgetConfig,
     ("seed", "seed_schema"): SeedConfig,
     ("evaluator", "evaluator_schema"): EvalSettings,
     ("logger", "logger_schema"): LoggerConfig,
+    ("knowledge", "knowledge_schema"): KnowledgeConfig,
 }
 
 

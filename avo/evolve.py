@@ -28,6 +28,14 @@ log = logging.getLogger(__name__)
 Evaluate = Callable[[Path], dict]
 
 
+# Auto noise margin: NOISE_SIGMAS x RMS of the last NOISE_WINDOW run-to-run differences, within MARGIN_RANGE;
+# DEFAULT_MARGIN until three differences have been seen.
+NOISE_SIGMAS = 2.5
+NOISE_WINDOW = 20
+MARGIN_RANGE = (0.005, 0.05)
+DEFAULT_MARGIN = 0.01
+
+
 class SeedError(UserError):
     """The seed program fails the evaluator: nothing can evolve from it."""
 
@@ -55,21 +63,43 @@ class Harness:
     evaluate: Evaluate
     tracker: Tracker
     budget: Budget
-    noise_margin: float
+    noise_margin: Optional[float]  # None: derived from the measured noise (see `margin`)
     operator_name: str
     on_commit: Callable[[Version], None] = field(default=lambda v: None)
+    # The quick grid (the benchmark grid's first and last configurations), for operators' trial evaluations.
+    evaluate_quick: Optional[Evaluate] = None
+    # Time the best version interleaved with every submitted candidate (evaluate must take incumbent=).
+    interleave: bool = False
+    workdir: Optional[Path] = None  # where the incumbent is exported
+    # Relative differences between the incumbent's re-timed and committed aggregate: run-to-run noise.
+    noise_samples: list[float] = field(default_factory=list)
 
     def export(self, version: Version, dest: Path) -> Path:
         return self.lineage.export(version, dest)
 
+    def margin(self) -> float:
+        """The acceptance margin: the configured one, or (noise_margin null) NOISE_SIGMAS times the measured
+        run-to-run noise of the incumbent's aggregate, clamped to MARGIN_RANGE."""
+        if self.noise_margin is not None:
+            return self.noise_margin
+        recent = self.noise_samples[-NOISE_WINDOW:]
+        if len(recent) < 3:
+            return DEFAULT_MARGIN
+        rms = (sum(x * x for x in recent) / len(recent)) ** 0.5
+        return min(MARGIN_RANGE[1], max(MARGIN_RANGE[0], NOISE_SIGMAS * rms))
+
     def accepts(self, result: dict, best: Optional[Version]) -> tuple[bool, str]:
         if not result.get("correct"):
             return False, f"incorrect ({describe(result)})"
-        score, bar = float(result.get("score", 0.0)), (best.score if best else 0.0)
-        threshold = bar * (1.0 - self.noise_margin)
-        if score >= threshold:
-            return True, f"{score:.4g} >= {threshold:.4g} (best {bar:.4g} minus {self.noise_margin:.1%} noise margin)"
-        return False, f"{score:.4g} < {threshold:.4g} (best {bar:.4g} minus {self.noise_margin:.1%} noise margin)"
+        score, bar, what = float(result.get("score", 0.0)), (best.score if best else 0.0), "best"
+        incumbent = (result.get("incumbent") or {}).get("score")
+        if best is not None and incumbent:
+            # Timed interleaved with the candidate in the same worker: compare like with like.
+            bar, what = float(incumbent), f"incumbent {best.tag} re-timed alongside"
+        margin = self.margin()
+        threshold = bar * (1.0 - margin)
+        verdict = ">=" if score >= threshold else "<"
+        return score >= threshold, f"{score:.4g} {verdict} {threshold:.4g} ({what} {bar:.4g} minus {margin:.1%} noise margin)"
 
     def record(self, program_dir: Path, result: dict, outcome: str, parent: Optional[Version], meta: dict,
                 version: Optional[Version] = None) -> dict:
@@ -90,17 +120,42 @@ class Harness:
         self.tracker.log_attempt(stored, best.score if best else 0.0)
         return stored
 
+    def trial(self, program_dir: Path, *, quick: bool, parent: Optional[Version], meta: Optional[dict] = None) -> dict:
+        """Evaluate a candidate without judging it (an agent's "evaluate" tool): the attempt is recorded with
+        outcome "evaluated" and the grid it ran on ("quick" or "full"); returns the stored record (its
+        "result" is the evaluator's result). Nothing is committed."""
+        use_quick = quick and self.evaluate_quick is not None
+        result = (self.evaluate_quick if use_quick else self.evaluate)(program_dir)
+        return self.record(program_dir, result, "evaluated", parent, {"grid": "quick" if use_quick else "full",
+                                                                       **(meta or {})})
+
+    def incumbent_dir(self, best: Optional[Version]) -> Optional[Path]:
+        """The best version exported once (kept until a new best), for interleaved timing."""
+        if best is None or self.workdir is None:
+            return None
+        path = self.workdir / f"incumbent-{best.branch}-v{best.number}"
+        if not (path / "kernel.py").is_file():
+            for old in self.workdir.glob(f"incumbent-{best.branch}-v*"):
+                shutil.rmtree(old, ignore_errors=True)
+            self.lineage.export(best, path)
+        return path
+
     def submit(self, program_dir: Path, *, branch: str, parent: Optional[Version], message: str, notes: str = "",
                meta: Optional[dict] = None) -> Verdict:
-        result = self.evaluate(program_dir)
         best = self.lineage.best(branch)
+        incumbent = self.incumbent_dir(best) if self.interleave else None
+        result = self.evaluate(program_dir, incumbent=incumbent) if incumbent else self.evaluate(program_dir)
+        meta = dict(meta or {})
+        if best is not None and (result.get("incumbent") or {}).get("score") and best.score > 0:
+            meta["incumbent_drift"] = result["incumbent"]["score"] / best.score - 1.0
+            self.noise_samples.append(meta["incumbent_drift"])
         accepted, reason = self.accepts(result, best)
+        meta.update(margin=self.margin(), verdict=reason)
         version = None
         if accepted:
             version = self.lineage.commit(program_dir, result, notes=notes, message=message, branch=branch,
                                           parent=parent)
-        record = self.record(program_dir, result, "accepted" if accepted else "rejected", parent, meta or {},
-                              version)
+        record = self.record(program_dir, result, "accepted" if accepted else "rejected", parent, meta, version)
         if version is not None:
             self.tracker.log_version(version, record["n"])
             self.on_commit(version)

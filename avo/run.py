@@ -25,7 +25,7 @@ from avo.evaluate import evaluate, resolve_device
 from avo.evaluate.settings import EvalSettings
 from avo.evolve import Evolution, Harness
 from avo.lineage import Lineage
-from avo.operators import build_operator
+from avo.operators import OperatorDeps, build_operator
 from avo.population import build_population
 from avo.program import ProgramError, check_program_dir
 from avo.report import versions_table, write_reports
@@ -105,6 +105,34 @@ class OutputDirCheck(Callback):
         self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
 
 
+def redact_config(config: Any) -> Any:
+    """The config with anything that looks like a key or token replaced (it goes to W&B)."""
+    from avo.llm import redact
+
+    return redact(config)
+
+
+def quick_grid(grid: Grid) -> Grid:
+    """The grid's first and last configurations (an agent's quick evaluation), named "<grid>-quick"."""
+    configs = list(grid.configs)
+    picked = configs[:1] + (configs[-1:] if len(configs) > 1 else [])
+    return Grid(name=f"{grid.name}-quick", configs=picked, dtype=grid.dtype, max_heads_kv=grid.max_heads_kv,
+                head_dim=grid.head_dim)
+
+
+def build_knowledge(cfg: DictConfig):
+    """The knowledge base of the `knowledge` group, for operators that consult one (agent=avo). Parsed
+    folders are cached where `avo kb` caches them (~/.cache/avo/knowledge)."""
+    from avo.knowledge import KnowledgeBase, default_cache_dir
+
+    kc = OmegaConf.to_container(cfg.knowledge, resolve=True) if cfg.get("knowledge") is not None else {}
+    try:
+        return KnowledgeBase.build(builtin=bool(kc.get("builtin", True)), paths=list(kc.get("paths") or []),
+                                   packages=list(kc.get("packages") or []), cache_dir=default_cache_dir())
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
 def build_tracker(cfg: DictConfig, run_dir: Path, group: Optional[str], state: dict) -> Tracker:
     if cfg.logger.name == "none" or cfg.logger.mode == "disabled":
         return NullTracker()
@@ -113,7 +141,7 @@ def build_tracker(cfg: DictConfig, run_dir: Path, group: Optional[str], state: d
     return WandbTracker(
         project=cfg.logger.project, entity=cfg.logger.entity, mode=cfg.logger.mode, run_dir=run_dir,
         name=f"{cfg.task.name}-{cfg.agent.name}-{run_dir.name}", group=cfg.logger.group or group, tags=tags,
-        config=OmegaConf.to_container(cfg, resolve=True), run_id=state.get("wandb_run_id"),
+        config=redact_config(OmegaConf.to_container(cfg, resolve=True)), run_id=state.get("wandb_run_id"),
     )
 
 
@@ -127,7 +155,7 @@ def main(cfg: DictConfig) -> float:
         settings = typed(cfg.evaluator, EvalSettings)
         budget_cfg = typed(cfg.budget, BudgetConfig)
         budget_cfg.validate()
-        operator = build_operator(cfg.agent)
+        agent_cfg = OmegaConf.to_object(cfg.agent)
         population = build_population(cfg.population)
         device = check_grid_fits_device(grid, settings)
     except ValueError as exc:
@@ -137,17 +165,26 @@ def main(cfg: DictConfig) -> float:
     state_path = run_dir / "state" / "run.json"
     state = read_json(state_path)
     budget = Budget(budget_cfg.seconds, budget_cfg.max_versions, budget_cfg.max_attempts,
-                    run_dir / "state" / "budget.json")
+                    run_dir / "state" / "budget.json", max_tokens=budget_cfg.max_tokens, max_usd=budget_cfg.max_usd)
     lineage = Lineage(run_dir)
+    knowledge = build_knowledge(cfg) if cfg.agent.name == "avo" else None
+    try:
+        operator = build_operator(agent_cfg, OperatorDeps(run_dir=run_dir, task=task, grid=grid, lineage=lineage,
+                                                          knowledge=knowledge))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     tracker = build_tracker(cfg, run_dir, group, state)
     if tracker.run_id:
         state["wandb_run_id"] = tracker.run_id
     write_json_atomic(state_path, {**state, "task": task.name, "agent": cfg.agent.name, "device": device})
 
-    gpu = settings.gpus[0] if settings.gpus else None
-    harness = Harness(lineage=lineage, evaluate=lambda d: evaluate(d, task, grid, settings, gpu=gpu),
-                      tracker=tracker, budget=budget, noise_margin=cfg.evolve.noise_margin,
-                      operator_name=operator.name)
+    harness = Harness(lineage=lineage, tracker=tracker, budget=budget, noise_margin=cfg.evolve.noise_margin,
+                      evaluate=lambda d, incumbent=None: evaluate(d, task, grid, settings, incumbent=incumbent),
+                      operator_name=operator.name,
+                      evaluate_quick=lambda d: evaluate(d, task, quick_grid(grid), settings),
+                      interleave=cfg.evolve.interleave, workdir=run_dir / "workspace",
+                      # A restarted run keeps the noise it measured (the attempt log has every drift).
+                      noise_samples=[a["incumbent_drift"] for a in lineage.attempts() if "incumbent_drift" in a])
     evolution = Evolution(lineage=lineage, population=population, operator=operator, harness=harness,
                           budget=budget, run_dir=run_dir, seed_dir=seed_dir, rng_seed=cfg.evolve.seed)
     title = f"{task.name} / {grid.name} / {operator.name}"

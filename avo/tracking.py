@@ -95,6 +95,8 @@ class WandbTracker:
             "best/score": best_score,
             "elapsed_h": float(record.get("elapsed_s", 0.0)) / 3600,
             **_per_config(result, "attempt"),
+            # LLM operators' accounting: tokens and cost of the step so far (avo, single_shot).
+            **{f"attempt/{k}": float(record[k]) for k in ("tokens", "cost_usd") if isinstance(record.get(k), (int, float))},
         }
         try:
             self.run.log(data)

@@ -31,3 +31,18 @@ def test_corrupt_state_starts_from_zero(tmp_path):
 def test_format_duration():
     assert format_duration(7 * 86400 + 3600 + 60) == "7d01h01m"
     assert format_duration(125) == "2m05s"
+
+
+def test_tokens_and_dollars_are_limits_that_survive_restarts(tmp_path):
+    path = tmp_path / "state" / "budget.json"
+    b = Budget(1000.0, None, None, path, max_tokens=1000, max_usd=2.0)
+    b.spend(600, 1.5)
+    assert b.exhausted(0, 0) is None
+    b.save()
+    again = Budget(1000.0, None, None, path, max_tokens=1000, max_usd=2.0)
+    assert (again.tokens, again.usd) == (600, 1.5)
+    again.spend(500, 0.1)
+    assert "budget.max_tokens=1000" in again.exhausted(0, 0)
+    rich = Budget(1000.0, None, None, tmp_path / "r.json", max_usd=2.0)
+    rich.spend(10, 2.5)
+    assert "budget.max_usd=2.0" in rich.over_spend()

@@ -112,3 +112,40 @@ def test_broken_seed_stops_the_run_with_its_error(tmp_path):
         evo.run()
     assert lineage.versions("main") == []
     assert lineage.attempts()[0]["outcome"] == "seed"
+
+
+def test_auto_margin_follows_measured_noise(tmp_path):
+    evo, lineage, _ = build(tmp_path, margin=None)
+    h = evo.harness
+    assert h.margin() == 0.01  # too few measurements yet
+    h.noise_samples = [0.004, -0.004, 0.004]
+    assert h.margin() == pytest.approx(0.01)  # 2.5 x RMS 0.4%
+    h.noise_samples = [0.1, -0.1, 0.1]
+    assert h.margin() == 0.05  # clamped
+    h.noise_samples = [0.0, 0.0, 0.0]
+    assert h.margin() == 0.005
+
+
+def test_candidate_is_judged_against_the_incumbent_timed_alongside(tmp_path):
+    """The incumbent re-timed in the same worker is the bar, and its drift feeds the noise estimate."""
+    calls = []
+
+    def interleaved(program_dir, incumbent=None):
+        calls.append(incumbent and (incumbent / "kernel.py").is_file())
+        result = fake_evaluate(program_dir)
+        if incumbent is not None:
+            # This machine is 10% slower right now: the incumbent re-times at 0.9 of its committed score.
+            result["incumbent"] = {"score": 0.9 * fake_evaluate(incumbent)["score"]}
+        return result
+
+    evo, lineage, _ = build(tmp_path, evaluate=interleaved, max_attempts=4, margin=0.0)
+    evo.harness.interleave = True
+    evo.harness.workdir = tmp_path / "work"
+    evo.run()
+    assert calls[0] is None and all(calls[1:])  # the seed alone, then each candidate with the best exported
+    judged = [a for a in lineage.attempts()[1:] if a["correct"]]
+    assert judged and all(a["incumbent_drift"] == pytest.approx(-0.1) for a in judged)
+    assert all("re-timed alongside" in a["verdict"] and a["margin"] == 0.0 for a in judged)
+    # A candidate equal to the committed best (but 10% "faster" than the slowed incumbent) would pass.
+    assert evo.harness.accepts({"correct": True, "score": 0.95, "incumbent": {"score": 0.9}},
+                               lineage.versions("main")[0])[0]

@@ -7,6 +7,7 @@ raises for a broken program, only for a usage error (ValueError).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from typing import Optional
 
 from avo import PROJECT_ROOT
 from avo.evaluate import checks
+from avo.evaluate.gpu import gpu_slot, run_gpus
 from avo.evaluate.result import device_info, fail, new_result, trim
 from avo.evaluate.settings import EvalSettings
 from avo.task import Grid, Task, grid_shapes
@@ -109,7 +111,9 @@ def evaluate(program_dir, task: Task, grid: Grid, settings: EvalSettings, *, gpu
              incumbent: Optional[Path] = None, bench_reps: int = 0) -> dict:
     """Evaluate the program in `program_dir` on `grid` for `task`; return the result dict.
 
-    `gpu` pins the worker with CUDA_VISIBLE_DEVICES (None: the worker inherits this process's visibility).
+    `gpu` pins the worker with CUDA_VISIBLE_DEVICES (None: the first free GPU of `settings.gpus`, default all
+    visible); the GPU's machine-wide lock is held while the worker runs, so concurrent runs never time on a
+    shared GPU.
     `incumbent` (a program directory, e.g. the best committed version) is timed interleaved with the
     candidate in the same worker; its figures come back under "incumbent", so a decision that depends on
     the difference of the two compares like with like. `bench_reps` adds that many full timing passes of
@@ -153,7 +157,11 @@ def evaluate(program_dir, task: Task, grid: Grid, settings: EvalSettings, *, gpu
         }
         (tmp / "request.json").write_text(json.dumps(request))
         log_path = tmp / "worker.log"
-        with open(log_path, "wb") as log:
+        # One timing job per GPU across every process on the box: hold the GPU's lock for the whole worker.
+        slot = (gpu_slot(run_gpus(settings.gpus) if gpu is None else [gpu],
+                         description=f"avo evaluate {program_dir.name} ({task.name}/{grid.name})")
+                if device == "cuda" else contextlib.nullcontext(gpu))
+        with slot as gpu, open(log_path, "wb") as log:
             # The worker runs in the program copy (where relative writes belong) with -P, so that directory
             # is not put on sys.path ahead of avo and a program file named like one of our modules cannot
             # shadow it. Python 3.10 has no -P: there the worker runs in the private parent directory.

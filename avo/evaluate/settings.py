@@ -19,6 +19,8 @@ class EvalSettings:
     odd_seqlens: list[int] = field(default_factory=lambda: [1, 37, 131])
     # Timing: warm-up calls, timed repetitions (median and spread reported), L2 flush between calls on GPU.
     warmup: int = 3
+    # ... and at least this much warm-up time on a GPU (do_bench's 50-100 ms): clocks settle under load.
+    warmup_ms: float = 100.0
     repeats: int = 10
     flush_l2: bool = True
     # Characters of captured compiler/Python output kept in the result (head and tail).

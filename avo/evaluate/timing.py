@@ -1,11 +1,12 @@
 """Timing protocol: warm-up, then one measured sample per call, summarised by median and spread.
 
-On CUDA this is the protocol of FlashAttention's benchmark (benchmarks/benchmark_attn.py) and of
-triton.testing.do_bench: before each call the L2 cache is flushed by zeroing a buffer larger than L2, a
-CUDA event pair brackets the call, and the device is synchronised before the end event is recorded, so
-work a program put on side streams is counted. That synchronisation costs a fixed host round trip (a few
-microseconds) which do_bench does not pay; it is measured once per clock on an empty call and subtracted,
-so figures stay comparable with do_bench while side-stream work is still caught.
+On CUDA this is the protocol of FlashAttention's benchmark and of triton.testing.do_bench: before each
+call the L2 cache is flushed by zeroing a buffer larger than L2 and a CUDA event pair brackets the call;
+calls are queued back to back and the events read after the last one, so the GPU never idles between calls.
+Why not synchronise the device before each end event (which would count side-stream work directly): on
+the lent H100 the idle gap that sync leaves after every call let kernels read 5-13% faster than do_bench
+at seqlen <= 8k. Side-stream work is caught instead by the worker's
+wall-clock cross-check (`wall_per_call`), which pays for everything a call launches, on any stream.
 On a CPU: time.perf_counter around each call (the numbers exercise the loop; they say nothing about GPUs).
 
 `measure_interleaved` times several implementations sample by sample, in an order rotated each round, so
@@ -19,34 +20,37 @@ from typing import Callable, Optional
 
 # Larger than the L2 of any current GPU (H100: 50 MB, B200: 126 MB); the same size do_bench uses.
 L2_FLUSH_BYTES = 256 * 1024 * 1024
-CALIBRATION_CALLS = 25
 
 
 class CpuClock:
-    overhead_ms = 0.0
+    """`record` runs one timed call and returns a token; `resolve` turns tokens into milliseconds."""
 
     def sync(self) -> None:
         pass
 
-    def measure(self, fn: Callable[[], object]) -> float:
+    def record(self, fn: Callable[[], object]) -> float:
         start = time.perf_counter()
         fn()
-        return (time.perf_counter() - start) * 1e3
+        return time.perf_counter() - start
+
+    def resolve(self, token: float) -> float:
+        return token * 1e3
+
+    def measure(self, fn: Callable[[], object]) -> float:
+        return self.resolve(self.record(fn))
 
 
-class CudaClock:
+class CudaClock(CpuClock):
     def __init__(self, flush_l2: bool = True):
         import torch
 
         self._torch = torch
         self._flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device="cuda") if flush_l2 else None
-        self.overhead_ms = 0.0
-        self.overhead_ms = statistics.median(self.measure(lambda: None) for _ in range(CALIBRATION_CALLS))
 
     def sync(self) -> None:
         self._torch.cuda.synchronize()
 
-    def measure(self, fn: Callable[[], object]) -> float:
+    def record(self, fn: Callable[[], object]):
         torch = self._torch
         start = torch.cuda.Event(enable_timing=True)
         end = torch.cuda.Event(enable_timing=True)
@@ -54,12 +58,13 @@ class CudaClock:
             self._flush.zero_()
         start.record()
         fn()
-        # Before the end event, not after: the event is recorded on the current stream only, so without
-        # this a program that launches on side streams would be timed short.
-        torch.cuda.synchronize()
         end.record()
+        return start, end
+
+    def resolve(self, token) -> float:
+        start, end = token
         end.synchronize()
-        return max(0.0, start.elapsed_time(end) - self.overhead_ms)
+        return start.elapsed_time(end)
 
 
 def make_clock(device: str, flush_l2: bool = True):
@@ -95,10 +100,14 @@ def time_call(fn: Callable[[], object], *, device: str, warmup: int, repeats: in
 
 
 def measure_interleaved(fns: dict[str, Callable[[], object]], *, clock, warmup: int, repeats: int,
+                        warmup_ms: float = 0.0,
                         before_each: Optional[Callable[[str], None]] = None,
                         after_each: Optional[Callable[[str, int], None]] = None) -> dict[str, dict]:
     """Time every function `repeats` times, interleaved round by round (order rotated each round).
 
+    Warm-up: at least `warmup` rounds and at least `warmup_ms` of device time, as do_bench does. A GPU
+    under sustained tensor-core load settles at lower clocks than a fresh one: a few warm-up calls left
+    the evaluator reading cuDNN 10-13% faster than do_bench at seqlen <= 8k on the H100.
     `before_each(name)` runs untimed before every call (e.g. refilling the inputs with fresh values, so no
     call can reuse an earlier result); `after_each(name, round)` runs untimed after every timed call (e.g.
     validating a sampled output). Returns {name: summarize(samples)}.
@@ -106,21 +115,29 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], *, clock, warmup: 
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     names = list(fns)
-    for _ in range(warmup):
+    start, rounds = time.perf_counter(), 0
+    while rounds < warmup or (time.perf_counter() - start) * 1e3 < warmup_ms:
         for name in names:
             if before_each:
                 before_each(name)
             fns[name]()
-    clock.sync()  # warm-up work must not spill into the first sample
+        clock.sync()  # so the host's clock follows the device's work, and none spills into the samples
+        rounds += 1
     samples: dict[str, list[float]] = {name: [] for name in names}
+    tokens = []
     for r in range(repeats):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
             if before_each:
                 before_each(name)
-            samples[name].append(clock.measure(fns[name]))
+            tokens.append((name, clock.record(fns[name])))
             if after_each:
                 after_each(name, r)
+    # Events are read only once every call is queued, as do_bench does: the device runs the calls back to
+    # back. (Reading them per call or per round left the GPU idle between calls; on the H100 that made
+    # cuDNN read up to 12% faster than do_bench at seqlen 2k-8k.)
+    for name, token in tokens:
+        samples[name].append(clock.resolve(token))
     return {name: summarize(s) for name, s in samples.items()}
 
 

@@ -239,12 +239,14 @@ class Worker:
             raise ProgramError(f"kernel.py defines `attention` as a {type(attention).__name__}, not a function")
         return attention
 
-    def call(self, stage: str, what: str, shape: Shape, inputs: dict, fn: Optional[Callable] = None):
+    def call(self, stage: str, what: str, shape: Shape, inputs: dict, fn: Optional[Callable] = None,
+             sync: bool = True):
         sm_scale = 1.0 / math.sqrt(shape.head_dim)
         try:
             out = (fn or self.attention)(inputs["q"], inputs["k"], inputs["v"], causal=shape.causal,
                                          sm_scale=sm_scale)
-            self.sync()  # asynchronous CUDA errors surface here, attributed to this call
+            if sync:  # asynchronous CUDA errors surface here, attributed to this call (not while timing)
+                self.sync()
         except BaseException as exc:
             raise ProgramError(f"{stage}: attention raised on {what}:\n{format_exception(exc)}") from None
         return out
@@ -308,7 +310,8 @@ class Worker:
         inputs = make_inputs(shape, seed, 0, self.device)
         gen = torch.Generator(device=self.device).manual_seed(seed + 17)
         repeats = self.settings.repeats
-        check_rounds = {int(torch.randint(0, repeats, (1,), generator=gen)), repeats - 1} if validate else set()
+        check_rounds = ({int(torch.randint(0, repeats, (1,), generator=gen, device=self.device)), repeats - 1}
+                        if validate else set())
         state = {"clones": None, "out": None}
 
         def refill(name: str) -> None:
@@ -318,7 +321,7 @@ class Worker:
 
         def wrapped(name: str, fn: Callable) -> Callable:
             def call():
-                out = self.call(stage, what, shape, inputs, fn)
+                out = self.call(stage, what, shape, inputs, fn, sync=False)
                 if name == "program":
                     state["out"] = out
             return call
@@ -334,8 +337,14 @@ class Worker:
             state["out"] = None
 
         calls = {name: wrapped(name, fn) for name, fn in impls.items()}
-        return measure_interleaved(calls, clock=self.clock, warmup=self.settings.warmup, repeats=repeats,
-                                   before_each=before, after_each=after)
+        try:
+            return measure_interleaved(calls, clock=self.clock, warmup=self.settings.warmup, repeats=repeats,
+                                       warmup_ms=self.settings.warmup_ms if self.device == "cuda" else 0.0,
+                                       before_each=before, after_each=after)
+        except ProgramError:
+            raise
+        except Exception as exc:  # an asynchronous CUDA error surfacing when the events are read
+            raise ProgramError(f"{stage}: a timed call failed on {what}:\n{format_exception(exc)}") from None
 
     def time_grid(self, stage: str, shapes: list[Shape], result: dict) -> None:
         settings = self.settings
@@ -381,7 +390,7 @@ class Worker:
     def wall_check(self, stage: str, shape: Shape, entry: dict, result: dict) -> None:
         """Work deferred off the timed stream shows as a wall clock much slower than the events."""
         inputs = make_inputs(shape, 4_000_000, 0, self.device)
-        wall = wall_per_call(lambda: self.call(stage, "wall-clock check", shape, inputs), clock=self.clock,
+        wall = wall_per_call(lambda: self.call(stage, "wall-clock check", shape, inputs, sync=False), clock=self.clock,
                              calls=max(3, self.settings.repeats))
         entry["wall_ms"] = wall
         if entry["ms"] < self.settings.wall_check * wall and wall - entry["ms"] > 0.05:

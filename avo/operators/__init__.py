@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Optional, Protocol
 
 if TYPE_CHECKING:
     from avo.evolve import Harness
-    from avo.lineage import Version
+    from avo.knowledge import KnowledgeBase
+    from avo.lineage import Lineage, Version
+    from avo.task import Grid, Task
 
 
 @dataclass
@@ -38,17 +40,44 @@ class StepOutcome:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass
+class OperatorDeps:
+    """What operators need beyond their own config; built by the composition root."""
+
+    run_dir: Path  # the run directory: operators keep their state under <run_dir>/agent/
+    task: "Task"
+    grid: "Grid"
+    lineage: "Lineage"
+    knowledge: Optional["KnowledgeBase"] = None
+
+
 class Operator(Protocol):
     name: str
 
     def step(self, ctx: StepContext) -> StepOutcome: ...
 
 
-def build_operator(agent_cfg) -> Operator:
-    """The operator named by `agent.name`, built from its (typed) config."""
+def build_operator(agent_cfg, deps: Optional[OperatorDeps] = None) -> Operator:
+    """The operator named by `agent.name`, built from its (typed) config and the run's dependencies.
+
+    LLM operators read their API key here (a missing one is a UserError naming the variable to set)."""
     name = agent_cfg.name
     if name == "heuristic":
         from avo.operators.heuristic import HeuristicOperator
 
         return HeuristicOperator(mutations=agent_cfg.mutations, max_draws=agent_cfg.max_draws)
-    raise ValueError(f"agent={name!r} is not available yet: choose agent=heuristic")
+    if deps is None:
+        raise ValueError(f"agent={name!r} needs the run's dependencies (OperatorDeps)")
+    if name == "avo":
+        from avo.operators.agent.loop import AvoOperator
+
+        return AvoOperator(agent_cfg, deps)
+    if name == "single_shot":
+        from avo.operators.single_shot import SingleShotOperator
+
+        return SingleShotOperator(agent_cfg, deps)
+    if name == "cli":
+        from avo.operators.cli_agent import CliOperator
+
+        return CliOperator(agent_cfg, deps)
+    raise ValueError(f"agent={name!r} is not an operator: choose agent=heuristic, avo, single_shot or cli")

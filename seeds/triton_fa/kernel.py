@@ -70,7 +70,10 @@ def _attn_fwd(Q, K, V, Out, qk_scale,
               stride_ob, stride_os, stride_oh,
               heads_q, group, seqlen,
               HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
-    start_m = tl.program_id(0)
+    # Axis 0 (launched fastest) is the query block, so neighbouring programs share one head's K/V in L2
+    # (launching heads fastest instead cost 10-20% at seqlen <= 4k on the H100). Causal: the longest query
+    # blocks of a head launch first, the short ones fill in behind them.
+    start_m = tl.num_programs(0) - 1 - tl.program_id(0) if CAUSAL else tl.program_id(0)
     off_bh = tl.program_id(1)
     b = off_bh // heads_q
     h = off_bh % heads_q

@@ -21,7 +21,7 @@ def _attn(q, k, v, causal, sm_scale):
     s = qf @ kf.transpose(-1, -2) * sm_scale
     if causal:
         n = q.shape[1]
-        s = s.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+        s = s.masked_fill(torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
     return (s.softmax(-1) @ vf).transpose(1, 2).to(q.dtype).contiguous()
 
 def attention(q, k, v, *, causal, sm_scale):

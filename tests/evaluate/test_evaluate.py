@@ -113,3 +113,20 @@ def test_resolve_device():
     assert resolve_device(EvalSettings(device="auto")) == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="device='tpu'"):
         resolve_device(EvalSettings(device="tpu"))
+
+
+@pytest.mark.gpu
+def test_evaluation_waits_for_the_gpu_lock(make_program, task, grid, tmp_path, monkeypatch):
+    """A GPU held by another timing job (here: this test) is not timed on until it is released."""
+    import threading
+
+    from avo.evaluate.gpu import GpuLock
+
+    monkeypatch.setenv("AVO_GPU_LOCK_DIR", str(tmp_path / "locks"))
+    settings = EvalSettings(device="cuda", gpus=[0], trials=1, warmup=1, repeats=3, odd_seqlens=[37], baselines=[])
+    lock = GpuLock([0])
+    lock.acquire()
+    threading.Timer(3.0, lock.release).start()
+    start = time.monotonic()
+    res = evaluate(make_program("correct"), task, grid, settings)
+    assert res["correct"] and time.monotonic() - start >= 3.0

@@ -61,3 +61,33 @@ def test_cuda_time_call_matmul():
     a = torch.randn(2048, 2048, device="cuda", dtype=torch.float16)
     stats = timing.time_call(lambda: a @ a, device="cuda", warmup=3, repeats=10)
     assert 0 < stats["min_ms"] <= stats["median_ms"] <= stats["max_ms"]
+
+
+def test_warmup_lasts_at_least_warmup_ms():
+    """Clocks settle under sustained load: warm-up is a minimum time as well as a minimum count."""
+    import time as _time
+
+    from avo.evaluate.timing import CpuClock, measure_interleaved
+
+    calls = []
+
+    def fn():
+        calls.append(1)
+        _time.sleep(0.005)
+
+    stats = measure_interleaved({"f": fn}, clock=CpuClock(), warmup=1, repeats=3, warmup_ms=60)
+    assert len(calls) >= 3 + 60 // 5 - 1 and len(stats["f"]["samples_ms"]) == 3
+    calls.clear()
+    measure_interleaved({"f": fn}, clock=CpuClock(), warmup=2, repeats=3)
+    assert len(calls) == 5
+
+
+def test_interleaved_rounds_rotate_and_hooks_run_untimed():
+    from avo.evaluate.timing import CpuClock, measure_interleaved
+
+    order, hooks = [], []
+    fns = {n: (lambda n=n: order.append(n)) for n in ("a", "b", "c")}
+    measure_interleaved(fns, clock=CpuClock(), warmup=0, repeats=3, before_each=lambda n: hooks.append(("b", n)),
+                        after_each=lambda n, r: hooks.append(("a", n, r)))
+    assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert hooks[:2] == [("b", "a"), ("a", "a", 0)] and len(hooks) == 18

@@ -1,0 +1,1 @@
+"""agent=avo: the agentic variation operator (loop.py), its tools (tools.py) and its memory (memory.py)."""
