@@ -58,6 +58,10 @@ class BudgetConfig:
 class SeedConfig:
     name: str = "triton_fa"  # a folder of <project>/seeds/
     dir: Optional[str] = None  # any program directory instead of seeds/<name>
+    # Or a version of another run's lineage (how an evolved MHA kernel is adapted to GQA):
+    # seed.from_run=<run_dir> seed.ref=best|latest|vN|<sha>
+    from_run: Optional[str] = None
+    ref: str = "best"
 
 
 @dataclass

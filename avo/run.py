@@ -24,7 +24,7 @@ from avo.errors import UserError
 from avo.evaluate import evaluate, resolve_device
 from avo.evaluate.settings import EvalSettings
 from avo.evolve import Evolution, Harness
-from avo.lineage import Lineage
+from avo.lineage import Lineage, LineageError
 from avo.operators import OperatorDeps, build_operator
 from avo.population import build_population
 from avo.program import ProgramError, check_program_dir
@@ -38,7 +38,28 @@ log = logging.getLogger("avo")
 CPU_MAX_SEQLEN = 1024
 
 
-def seed_directory(seed_cfg: Any) -> Path:
+def seed_from_run(seed_cfg: Any, run_dir: Path) -> Path:
+    """Export `seed.ref` of another run's lineage into <run_dir>/seed (the new run's own copy)."""
+    source = Path(seed_cfg.from_run).resolve()
+    if not (source / "lineage" / ".git").is_dir():
+        raise UserError(f"seed.from_run={seed_cfg.from_run}: {source} is not a run directory (it has no lineage/); "
+                        "give the directory a run printed as 'Results: ...'")
+    lineage = Lineage(source)
+    try:
+        version = lineage.resolve(seed_cfg.ref)
+    except LineageError as exc:
+        raise UserError(f"seed.ref={seed_cfg.ref}: {exc}") from None
+    dest = run_dir / "seed"
+    shutil.rmtree(dest, ignore_errors=True)
+    lineage.export(version, dest)
+    log.info("seed: %s of %s (%.4g TFLOPS on %s)", version.tag, source, version.score,
+             version.result.get("task", "?"))
+    return dest
+
+
+def seed_directory(seed_cfg: Any, run_dir: Path) -> Path:
+    if seed_cfg.from_run:
+        return seed_from_run(seed_cfg, run_dir)
     seeds = PROJECT_ROOT / "seeds"
     path = Path(seed_cfg.dir) if seed_cfg.dir else seeds / seed_cfg.name
     if not path.is_dir():
@@ -160,7 +181,7 @@ def main(cfg: DictConfig) -> float:
         device = check_grid_fits_device(grid, settings)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    seed_dir = seed_directory(cfg.seed)
+    seed_dir = seed_directory(cfg.seed, run_dir)
 
     state_path = run_dir / "state" / "run.json"
     state = read_json(state_path)

@@ -115,3 +115,29 @@ def test_two_job_sweep_has_two_runs_in_one_group(tmp_path):
         run_file = next((job / "wandb").glob("offline-run-*/*.wandb"))
         assert sweep.name.encode() in run_file.read_bytes()
     assert groups == {sweep.name}
+
+
+def test_seed_from_another_run_adapts_an_evolved_kernel_to_gqa(tmp_path):
+    """seed.from_run=<run_dir> seed.ref=...: how an evolved MHA kernel becomes the seed of a GQA run."""
+    mha = tmp_path / "mha"
+    assert run(*FAST, "logger=none", "budget.max_attempts=1", f"hydra.run.dir={mha}").returncode == 0
+    gqa = tmp_path / "gqa"
+    proc = run(*[o for o in FAST if not o.startswith("task=")], "task=gqa4_causal", "logger=none",
+               "budget.max_attempts=1", f"seed.from_run={mha}", "seed.ref=v0", f"hydra.run.dir={gqa}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    git = ["git", "-C"]
+    seed_of_gqa = subprocess.run([*git, str(gqa / "lineage"), "show", "main/v0:kernel.py"], capture_output=True,
+                                 text=True).stdout
+    v0_of_mha = subprocess.run([*git, str(mha / "lineage"), "show", "main/v0:kernel.py"], capture_output=True,
+                               text=True).stdout
+    assert seed_of_gqa == v0_of_mha and "CONFIG" in seed_of_gqa
+    score = json.loads(subprocess.run([*git, str(gqa / "lineage"), "show", "main/v0:.avo/score.json"],
+                                      capture_output=True, text=True).stdout)
+    assert score["task"] == "gqa4_causal" and score["correct"]  # re-evaluated on the new task
+
+    bad = run("benchmark=smoke", "logger=none", f"seed.from_run={tmp_path / 'nope'}", f"hydra.run.dir={tmp_path / 'x'}",
+              timeout=120)
+    assert bad.returncode == 2 and "is not a run directory" in bad.stderr
+    bad_ref = run("benchmark=smoke", "logger=none", f"seed.from_run={mha}", "seed.ref=v99",
+                  f"hydra.run.dir={tmp_path / 'y'}", timeout=120)
+    assert bad_ref.returncode == 2 and "seed.ref=v99" in bad_ref.stderr
