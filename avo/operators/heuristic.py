@@ -6,10 +6,15 @@ tried again; when every neighbour of the parent has been tried the mutation wide
 """
 from __future__ import annotations
 
+import itertools
 import random
 
 from avo.operators import StepContext, StepOutcome
 from avo.program import copy_program, read_tunables, write_config
+
+
+# Configurations scanned once random draws stop finding untried ones (a bound for huge spaces).
+MAX_SCAN = 1_000_000
 
 
 def config_key(config: dict) -> str:
@@ -26,18 +31,25 @@ class HeuristicOperator:
         self.max_draws = max_draws
 
     def propose(self, tunables: dict, config: dict, tried: set[str], rng: random.Random):
-        """A configuration not yet tried, or None. Neighbours first (`mutations` keys changed), then wider."""
+        """A configuration not yet tried, or None when every one has been.
+
+        Neighbours first (`mutations` keys changed), then random points of the whole space, then, when the
+        space is nearly exhausted, a scan of it, so "nothing left to try" is true when it is said."""
         free = sorted(k for k, values in tunables.items() if len(values) > 1)
         if not free:
             return None
         base = {**{k: v[0] for k, v in tunables.items()}, **config}
         for draw in range(self.max_draws):
-            # Neighbours for the first half of the draws; then every free key may move at once.
-            n = min(len(free), self.mutations if draw < self.max_draws // 2 else len(free))
             candidate = dict(base)
-            for key in rng.sample(free, n):
-                choices = [v for v in tunables[key] if v != base.get(key)]
-                candidate[key] = rng.choice(choices or tunables[key])
+            if draw < self.max_draws // 2:
+                for key in rng.sample(free, min(len(free), self.mutations)):
+                    candidate[key] = rng.choice([v for v in tunables[key] if v != base.get(key)] or tunables[key])
+            else:
+                candidate.update({key: rng.choice(tunables[key]) for key in free})
+            if config_key(candidate) not in tried:
+                return candidate
+        for values in itertools.islice(itertools.product(*(tunables[k] for k in free)), MAX_SCAN):
+            candidate = {**base, **dict(zip(free, values))}
             if config_key(candidate) not in tried:
                 return candidate
         return None

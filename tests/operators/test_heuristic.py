@@ -85,3 +85,17 @@ def test_never_repeats_a_tried_config_then_reports_exhaustion(tmp_path):
 
 def test_propose_returns_none_without_free_tunables():
     assert HeuristicOperator().propose({"A": [1]}, {"A": 1}, set(), random.Random(0)) is None
+
+
+def test_covers_the_whole_space_before_declaring_it_exhausted():
+    """Configurations that differ from the parent in some keys but not all must be reachable too."""
+    tunables = {"A": [1, 2, 3], "B": [1, 2, 3], "C": [1, 2]}
+    op = HeuristicOperator(mutations=1, max_draws=20)
+    rng = random.Random(0)
+    config, tried = {"A": 1, "B": 1, "C": 1}, set()
+    tried.add(config_key(config))
+    # The parent stays the same (as when nothing beats it): every other point must still come up.
+    while (candidate := op.propose(tunables, config, tried, rng)) is not None:
+        assert config_key(candidate) not in tried
+        tried.add(config_key(candidate))
+    assert len(tried) == 3 * 3 * 2
