@@ -58,6 +58,9 @@ class Budget:
         self.tokens = int(state.get("tokens", 0))
         self.usd = float(state.get("usd", 0.0))
         self._started = time.monotonic()
+        # Set when the run was asked to stop (SIGINT/SIGTERM): every check below then says so, so the loop
+        # stops after the step in flight and an agent's step ends at its next turn.
+        self.stop_reason: Optional[str] = None
 
     def spend(self, tokens: int, usd: float) -> None:
         """Count LLM tokens and cost (persisted with the next `save`)."""
@@ -65,7 +68,10 @@ class Budget:
         self.usd += float(usd)
 
     def over_spend(self) -> Optional[str]:
-        """Why the token or money budget is spent, or None (operators check it between model calls)."""
+        """Why the token or money budget is spent (or the run asked to stop), or None (operators check it between
+        model calls)."""
+        if self.stop_reason is not None:
+            return self.stop_reason
         if self.max_tokens is not None and self.tokens >= self.max_tokens:
             return f"{self.tokens} LLM tokens used (budget.max_tokens={self.max_tokens})"
         if self.max_usd is not None and self.usd >= self.max_usd:

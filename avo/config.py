@@ -108,6 +108,9 @@ class LLMAgentConfig(AgentConfig):
     max_retries: int = 6  # on 429, 5xx, timeouts and dropped connections, with exponential backoff
     retry_backoff_s: float = 2.0
     retry_max_wait_s: float = 120.0
+    # An outage (the server answered before, now cannot be reached: refused, dropped, timed out) is waited out
+    # for up to this many seconds (not counted against max_retries or the step's limits), then the run ends cleanly.
+    max_outage_s: float = 3600.0
     extra_body: dict[str, Any] = field(default_factory=dict)  # server-specific request fields
 
 
@@ -187,6 +190,53 @@ class LoggerConfig:
 
 
 @dataclass
+class OptionalPricesConfig:
+    input: Optional[float] = None
+    cached: Optional[float] = None
+    output: Optional[float] = None
+
+
+@dataclass
+class SupervisorModelConfig:
+    """The supervisor's model: each field given overrides the agent's (null: the agent's value)."""
+
+    model: Optional[str] = None
+    base_url: Optional[str] = None
+    api_key_env: Optional[str] = None
+    temperature: Optional[float] = None
+    max_output_tokens: Optional[int] = None
+    max_tokens_param: Optional[str] = None
+    reasoning_effort: Optional[str] = None
+    timeout_s: Optional[float] = None
+    max_retries: Optional[int] = None
+    prices: OptionalPricesConfig = field(default_factory=OptionalPricesConfig)
+
+
+@dataclass
+class SupervisorConfig:
+    """The supervisor (avo/supervisor.py): when it intervenes and how. name=none switches it off."""
+
+    name: str = "default"
+    enabled: bool = True
+    stall_attempts: Optional[int] = 30  # no committed version for this many attempts (null: never)
+    stall_hours: Optional[float] = 6.0  # ... or this many hours of running (null: never)
+    repeat_failures: Optional[int] = 5  # the last N attempts failed the same way (stage + first error line)
+    plateau_versions: Optional[int] = 5  # the last K versions' scores lie within plateau_pct percent
+    plateau_pct: float = 1.0
+    cooldown_attempts: int = 10  # attempts after an intervention before the next may trigger
+    directions: int = 3  # new directions asked of the model
+    guidance_steps: int = 10  # steps the directions are shown for (or until a version is committed)
+    widen_factor: int = 3  # without a model: mutations x this ...
+    widen_steps: int = 10  # ... for this many steps
+    max_history: int = 40  # attempts shown to the model
+    # The model reviewing the trajectory: fields of the agent's model settings (model, base_url, api_key_env,
+    # prices, ...) overriding the agent's (agent=avo/single_shot); with agent=heuristic/cli, give at least model
+    # and base_url to use one. Empty with a non-LLM agent: no model, the mutation is widened instead.
+    model: SupervisorModelConfig = field(default_factory=SupervisorModelConfig)
+    use_model: bool = True  # false: never call a model, always widen
+
+
+@dataclass
 class KnowledgeConfig:
     """What the knowledge base indexes (avo/knowledge.py): the builtin documents of <project>/knowledge,
     user folders or files (a clone of flash-attention, CUTLASS, CUDA docs) and installed packages' sources
@@ -208,7 +258,10 @@ class Config:
     evaluator: EvalSettings = MISSING
     logger: LoggerConfig = MISSING
     knowledge: KnowledgeConfig = MISSING
+    supervisor: SupervisorConfig = MISSING
     evolve: EvolveConfig = field(default_factory=EvolveConfig)
+    # An existing run directory to continue (its original overrides are reused; see run.py).
+    resume: Optional[str] = None
 
 
 # (group, schema name) -> schema. Each YAML option of the group names its schema first in `defaults`.
@@ -225,6 +278,7 @@ SCHEMAS = {
     ("evaluator", "evaluator_schema"): EvalSettings,
     ("logger", "logger_schema"): LoggerConfig,
     ("knowledge", "knowledge_schema"): KnowledgeConfig,
+    ("supervisor", "supervisor_schema"): SupervisorConfig,
 }
 
 

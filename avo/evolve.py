@@ -2,8 +2,9 @@
 
 Read top to bottom: `Harness.submit` is the acceptance rule (correct, and score at least the best committed
 score minus the noise margin); `Evolution.run` evaluates and commits the seed as version 0 when the lineage
-is new (or continues an existing one), then asks the population for a branch and the operator for a step
-until the budget is spent, showing progress and writing the run's reports as it goes.
+is new (or continues an existing one), then asks the population for a branch, the supervisor for guidance
+(it may intervene: avo/supervisor.py) and the operator for a step until the budget is spent (or a signal
+asked the run to stop: `Budget.stop_reason`), showing progress and writing the run's reports as it goes.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from avo.lineage import Lineage, Version
 from avo.operators import Operator, StepContext
 from avo.population import Population
 from avo.program import ProgramError, read_tunables
+from avo.supervisor import Supervisor
 from avo.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,8 @@ class Harness:
     workdir: Optional[Path] = None  # where the incumbent is exported
     # Relative differences between the incumbent's re-timed and committed aggregate: run-to-run noise.
     noise_samples: list[float] = field(default_factory=list)
+    # Text appended to the notes of the next committed version, then cleared (the supervisor's interventions).
+    take_note: Callable[[], str] = field(default=lambda: "")
 
     def export(self, version: Version, dest: Path) -> Path:
         return self.lineage.export(version, dest)
@@ -153,6 +157,9 @@ class Harness:
         meta.update(margin=self.margin(), verdict=reason)
         version = None
         if accepted:
+            extra = self.take_note()
+            if extra:
+                notes = f"{notes}\n\n{extra}" if notes else extra
             version = self.lineage.commit(program_dir, result, notes=notes, message=message, branch=branch,
                                           parent=parent)
         record = self.record(program_dir, result, "accepted" if accepted else "rejected", parent, meta, version)
@@ -172,6 +179,7 @@ class Evolution:
     run_dir: Path
     seed_dir: Path
     rng_seed: int = 0
+    supervisor: Optional[Supervisor] = None
 
     def _counts(self) -> tuple[int, int]:
         versions = sum(max(0, len(self.lineage.versions(b)) - 1) for b in self.population.branches())
@@ -204,9 +212,10 @@ class Evolution:
     def progress(self, step: int, note: str) -> None:
         versions, attempts = self._counts()
         best = self.best()
-        log.info("step %d | %s | versions %d | attempts %d | best %s | %s spent, %s left",
+        spent = f" | {self.budget.tokens} tokens, ${self.budget.usd:.2f}" if self.budget.tokens else ""
+        log.info("step %d | %s | versions %d | attempts %d | best %s | %s spent, %s left%s",
                  step, note, versions, attempts, f"v{best.number} {best.score:.4g} TFLOPS" if best else "-",
-                 format_duration(self.budget.elapsed()), format_duration(self.budget.remaining()))
+                 format_duration(self.budget.elapsed()), format_duration(self.budget.remaining()), spent)
 
     def run(self) -> float:
         self.start()
@@ -221,12 +230,19 @@ class Evolution:
             step += 1
             branch = self.population.select(step)
             parent = self.lineage.best(branch)
+            history = self.lineage.attempts()
+            guidance = ""
+            if self.supervisor is not None:
+                guidance = self.supervisor.before_step(step=step, attempts=history,
+                                                       versions=self.lineage.versions(branch),
+                                                       elapsed_s=self.budget.elapsed(), operator=self.operator,
+                                                       budget=self.budget)
             workspace = self.run_dir / "workspace" / f"step-{step}"
             shutil.rmtree(workspace, ignore_errors=True)
             workspace.mkdir(parents=True)
             started = time.monotonic()
             ctx = StepContext(step=step, branch=branch, parent=parent, best=parent, workspace=workspace,
-                              harness=self.harness, history=self.lineage.attempts(), rng=rng)
+                              harness=self.harness, history=history, rng=rng, guidance=guidance)
             outcome = self.operator.step(ctx)
             shutil.rmtree(workspace, ignore_errors=True)
             if outcome.exhausted:

@@ -33,6 +33,7 @@ GitPython is used in this module and nowhere else in the project.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -47,6 +48,8 @@ from typing import Iterator, Optional, Union
 
 import git
 from gitdb import IStream
+
+from avo.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,16 @@ _MODE_FILE, _MODE_EXEC, _MODE_LINK, _MODE_TREE = b"100644", b"100755", b"120000"
 
 class LineageError(Exception):
     """A lineage operation that cannot be done as asked; the message says what is valid instead."""
+
+
+class DiskFullError(UserError):
+    """The disk filled up while the lineage was written: the run ends with a message naming the fix."""
+
+
+def _disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, git.exc.GitCommandError) and "no space left on device" in str(exc).lower()
 
 
 @dataclass
@@ -196,6 +209,21 @@ class Lineage:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
+    @contextlib.contextmanager
+    def _disk_guard(self, what: str) -> Iterator[None]:
+        """A full disk while writing becomes a DiskFullError naming the fix. Writes are ordered so that what
+        was committed before stays intact (objects first, refs last; see the module docstring)."""
+        try:
+            yield
+        except (OSError, git.exc.GitCommandError) as exc:
+            if not _disk_full(exc):
+                raise
+            raise DiskFullError(
+                f"the disk holding {self.run_dir} is full (No space left on device) while {what}. Nothing committed "
+                f"was lost: the lineage in {self.path} is intact. Free some space (old runs under outputs/, "
+                f"`git -C {self.path} gc --prune=now`), then continue the run with the same command or "
+                f"`python run.py resume={self.run_dir}`.") from None
+
     # ------------------------------------------------------------------ recovery
 
     def _recover(self) -> None:
@@ -210,7 +238,33 @@ class Lineage:
                 p.unlink()
         for branch, head in self._refs("refs/heads/").items():
             self._tag_untagged(branch.removeprefix("refs/heads/"), head)
+        self._recover_attempts()
         self._sync_worktree(check=True)
+
+    def _recover_attempts(self) -> None:
+        """An attempt whose ref was written but whose attempts.jsonl line was not (a crash in between) gets its
+        line back from its commit (outcome "interrupted", the evaluator's result from .avo/score.json)."""
+        refs = {}
+        for ref, sha in self._refs(ATTEMPT_REF_PREFIX).items():
+            tail = ref[len(ATTEMPT_REF_PREFIX):]
+            if tail.isdigit():
+                refs[int(tail)] = sha
+        have = {a["n"] for a in self.attempts() if isinstance(a.get("n"), int)}
+        for n in sorted(set(refs) - have):
+            sha = refs[n]
+            commit = self.repo.commit(sha)
+            try:
+                result = json.loads(self._read(sha, SCORE_FILE) or b"{}")
+            except json.JSONDecodeError:
+                result = {}
+            parent = _PARENT_TRAILER_RE.findall(commit.message)
+            line = {"outcome": "interrupted", "recovered": True, "score": float(result.get("score", 0.0) or 0.0),
+                    "correct": bool(result.get("correct")), "stage": result.get("stage"), "error": result.get("error"),
+                    "result": result, "parent": parent[-1] if parent else None, "version": None, "n": n, "sha": sha,
+                    "timestamp": float(commit.committed_date)}
+            log.warning("lineage: attempt %d has a ref but no line in %s (a crash in between): recovered from git",
+                        n, self.attempts_path)
+            self._append_line(json.dumps(line, default=str))
 
     def _tag_untagged(self, branch: str, head: str) -> None:
         """Tag version commits at the head of `branch` that lost their tag to a crash (commit done, tag not)."""
@@ -468,7 +522,7 @@ class Lineage:
         files = self._program_files(program_dir)
         files[SCORE_FILE] = (_MODE_FILE, score_json.encode("utf-8"))
         files[NOTES_FILE] = (_MODE_FILE, notes.encode("utf-8"))
-        with self._locked():
+        with self._locked(), self._disk_guard(f"committing the next version of {branch}"):
             head = self._ref_sha(f"refs/heads/{branch}")
             if head is not None:
                 self._tag_untagged(branch, head)
@@ -561,7 +615,7 @@ class Lineage:
             files[SCORE_FILE] = (_MODE_FILE, (json.dumps(record["result"], indent=2, sort_keys=True, default=str) + "\n").encode())
         if record.get("notes"):
             files[NOTES_FILE] = (_MODE_FILE, str(record["notes"]).encode("utf-8"))
-        with self._locked():
+        with self._locked(), self._disk_guard("recording an attempt"):
             n = max(self._attempt_numbers(), default=0) + 1
             now = time.time()
             result = record.get("result") if isinstance(record.get("result"), dict) else None

@@ -83,6 +83,10 @@ class LLMFatalError(UserError):
     """The model cannot be used as configured (key, model name, quota, endpoint): ends the run at once."""
 
 
+class LLMOutageError(UserError):
+    """The model server, reachable before, stayed down longer than `max_outage_s`: the run ends cleanly."""
+
+
 @dataclass
 class Prices:
     """USD per million tokens."""
@@ -167,6 +171,10 @@ class LLMSettings:
     max_retries: int = 6
     retry_backoff_s: float = 2.0
     retry_max_wait_s: float = 120.0
+    # Once the server has answered, connection errors (refused, dropped, timed out) are an outage: waited out
+    # (with backoff, not counted against max_retries) for up to this many seconds, then LLMOutageError ends the
+    # run cleanly.
+    max_outage_s: float = 3600.0
     extra_body: dict = field(default_factory=dict)
 
     @classmethod
@@ -198,10 +206,12 @@ def api_key_from_env(env_name: Optional[str], base_url: str) -> str:
 
 class LLMClient:
     def __init__(self, settings: LLMSettings, on_event: Optional[Callable[[dict], None]] = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.on_event = on_event or (lambda e: None)
         self._sleep = sleep
+        self._clock = clock
+        self.waited_s = 0.0  # seconds spent waiting out failures (the agent does not charge them to its step)
         self._succeeded = False
         key = api_key_from_env(settings.api_key_env, settings.base_url)
         self._client = openai.OpenAI(api_key=key, base_url=settings.base_url, timeout=settings.timeout_s,
@@ -260,6 +270,7 @@ class LLMClient:
         kwargs = self._request(messages, tools)
         s = self.settings
         attempt = 0
+        outage_started: Optional[float] = None
         while True:
             attempt += 1
             started = time.time()
@@ -286,7 +297,16 @@ class LLMClient:
                                             f"{msg}). Check agent.* (model, max_output_tokens, max_tokens_param, "
                                             "reasoning_effort, temperature, protocol) against what the server supports.") from None
                     raise LLMError(f"the server rejected the request ({status}: {msg})") from None
-                if attempt > s.max_retries:
+                outage = self._succeeded and status is None and s.max_outage_s > 0  # no answer at all
+                if outage:
+                    now = self._clock()
+                    outage_started = now if outage_started is None else outage_started
+                    if now - outage_started >= s.max_outage_s:
+                        raise LLMOutageError(
+                            f"the model server at {s.base_url} has been down for {(now - outage_started) / 60:.1f} "
+                            f"minutes ({msg}; agent.max_outage_s={s.max_outage_s:g}). The run stops here, with "
+                            "everything saved: start the same command (or resume=<run_dir>) once the server is back.") from None
+                elif attempt > s.max_retries:
                     if status is None and not self._succeeded:
                         raise LLMFatalError(f"cannot reach the model server at {s.base_url} ({msg}, {attempt} tries): "
                                             f"{LOCAL_SERVER_HINT}.") from None
@@ -295,8 +315,14 @@ class LLMClient:
                 retry_after = _retry_after(exc)
                 if retry_after is not None:
                     wait = min(s.retry_max_wait_s, max(wait, retry_after))
-                log.warning("model call failed (%s); retry %d/%d in %.1fs", msg[:200], attempt, s.max_retries, wait)
+                if outage:
+                    log.warning("model server down (%s) for %.0fs; waiting %.1fs (up to agent.max_outage_s=%g)",
+                                msg[:200], self._clock() - outage_started, wait, s.max_outage_s)
+                else:
+                    log.warning("model call failed (%s); retry %d/%d in %.1fs", msg[:200], attempt, s.max_retries, wait)
+                waited = self._clock()
                 self._sleep(wait)
+                self.waited_s += max(wait, self._clock() - waited)
         self._succeeded = True
         reply = self._parse(raw)
         self.on_event({"type": "response", "elapsed_s": round(time.time() - started, 3), "finish_reason": reply.finish_reason,

@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -30,6 +32,7 @@ from avo.population import build_population
 from avo.program import ProgramError, check_program_dir
 from avo.report import versions_table, write_reports
 from avo.task import Grid, Task
+from avo.supervisor import Supervisor, SupervisorSettings
 from avo.tracking import NullTracker, Tracker, WandbTracker
 
 log = logging.getLogger("avo")
@@ -166,6 +169,68 @@ def build_tracker(cfg: DictConfig, run_dir: Path, group: Optional[str], state: d
     )
 
 
+def build_supervisor(cfg: DictConfig, run_dir: Path, tracker: Tracker, operator: Any) -> Optional[Supervisor]:
+    """The supervisor of the `supervisor` group (None when switched off). Its model: the agent's (agent=avo,
+    single_shot) with `supervisor.model` overriding fields, or `supervisor.model` alone (model and base_url
+    given); none: it widens the mutation instead."""
+    sc = cfg.get("supervisor")
+    if sc is None or sc.name == "none" or not sc.enabled:
+        return None
+    sc = OmegaConf.to_container(sc, resolve=True)
+    settings = SupervisorSettings(**{k: sc[k] for k in SupervisorSettings.__dataclass_fields__ if k in sc})
+    client = None
+    model = {k: v for k, v in (sc.get("model") or {}).items() if v is not None and k != "prices"}
+    prices = {k: v for k, v in ((sc.get("model") or {}).get("prices") or {}).items() if v is not None}
+    base = OmegaConf.to_container(cfg.agent, resolve=True) if cfg.agent.name in ("avo", "single_shot") else {}
+    if sc.get("use_model", True) and (base or (model.get("model") and model.get("base_url"))):
+        from avo.llm import LLMClient, LLMSettings
+
+        merged = {**base, **model}
+        merged["prices"] = SimpleNamespace(**{**(base.get("prices") or {}), **prices})
+        client = LLMClient(LLMSettings.from_config(SimpleNamespace(**merged)))
+    memory = getattr(operator, "memory", None)
+    return Supervisor(settings, run_dir, client=client, tracker=tracker,
+                      notes=(lambda: list(memory.notes)) if memory is not None else None)
+
+
+class StopSignals:
+    """SIGINT and SIGTERM end the run cleanly. The first stops it after the step in flight (the budget reports
+    the stop, so an agent's step ends at its next turn); a second abandons the step at once
+    (KeyboardInterrupt: what is committed stays committed, a half-made attempt is dropped). While the run's
+    reports are written (`closing`), signals are only noted."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        self.closing = False
+        self._previous: dict = {}
+
+    def install(self) -> "StopSignals":
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.closing:
+            log.warning("%s received: writing the run's reports first", name)
+        elif self.budget.stop_reason is None:
+            self.budget.stop_reason = f"{name} received"
+            log.warning("%s received: stopping after the step in flight (send it again to stop at once)", name)
+        else:
+            log.warning("%s received again: abandoning the step in flight", name)
+            raise KeyboardInterrupt(name)
+
+
 def main(cfg: DictConfig) -> float:
     """Run (or continue) one evolution; returns the best aggregate score, so sweepers can optimise it."""
     run_dir, group = hydra_context()
@@ -185,6 +250,9 @@ def main(cfg: DictConfig) -> float:
 
     state_path = run_dir / "state" / "run.json"
     state = read_json(state_path)
+    if state.get("task") and state["task"] != task.name:
+        raise UserError(f"{run_dir} holds a run of task={state['task']}, not task={task.name}: continue it with "
+                        f"resume={run_dir} (or task={state['task']}), or choose another run directory")
     budget = Budget(budget_cfg.seconds, budget_cfg.max_versions, budget_cfg.max_attempts,
                     run_dir / "state" / "budget.json", max_tokens=budget_cfg.max_tokens, max_usd=budget_cfg.max_usd)
     lineage = Lineage(run_dir)
@@ -206,8 +274,12 @@ def main(cfg: DictConfig) -> float:
                       interleave=cfg.evolve.interleave, workdir=run_dir / "workspace",
                       # A restarted run keeps the noise it measured (the attempt log has every drift).
                       noise_samples=[a["incumbent_drift"] for a in lineage.attempts() if "incumbent_drift" in a])
+    supervisor = build_supervisor(cfg, run_dir, tracker, operator)
+    if supervisor is not None:
+        harness.take_note = supervisor.take_note
     evolution = Evolution(lineage=lineage, population=population, operator=operator, harness=harness,
-                          budget=budget, run_dir=run_dir, seed_dir=seed_dir, rng_seed=cfg.evolve.seed)
+                          budget=budget, run_dir=run_dir, seed_dir=seed_dir, rng_seed=cfg.evolve.seed,
+                          supervisor=supervisor)
     title = f"{task.name} / {grid.name} / {operator.name}"
     harness.on_commit = lambda v: write_reports(run_dir, versions=lineage.versions(v.branch),
                                                 attempts=lineage.attempts(), summary=summary(), title=title)
@@ -223,22 +295,31 @@ def main(cfg: DictConfig) -> float:
 
     log.info("run directory: %s (device %s, task %s, benchmark %s, agent %s)", run_dir, device, task.name,
              grid.name, operator.name)
+    signals = StopSignals(budget).install()
     try:
         return evolution.run()
     finally:
-        # Whatever ended the run (budget, Ctrl-C, an error), the results so far are written and W&B is closed.
-        budget.save()
-        versions = [v for b in population.branches() for v in lineage.versions(b)]
-        paths = write_reports(run_dir, versions=versions, attempts=lineage.attempts(), summary=summary(),
-                              title=title)
-        best = evolution.best()
-        if best is not None:
-            paths["best program"] = run_dir / "best"
-            shutil.rmtree(paths["best program"], ignore_errors=True)
-            lineage.export(best, paths["best program"])
-        tracker.log_summary(summary(), versions, paths.get("best program"))
-        tracker.finish()
-        print_results(run_dir, versions, paths, tracker)
+        # Whatever ended the run (budget, a signal, an error), the results so far are written and W&B is closed.
+        signals.closing = True
+        try:
+            versions = [v for b in population.branches() for v in lineage.versions(b)]
+            paths: dict = {}
+            try:
+                budget.save()
+                paths = write_reports(run_dir, versions=versions, attempts=lineage.attempts(), summary=summary(),
+                                      title=title)
+                best = evolution.best()
+                if best is not None:
+                    paths["best program"] = run_dir / "best"
+                    shutil.rmtree(paths["best program"], ignore_errors=True)
+                    lineage.export(best, paths["best program"])
+            except OSError as exc:  # e.g. the disk is full: the lineage and the attempt log hold everything
+                log.warning("could not write the run's reports in %s (%s); they are written again when the run continues", run_dir, exc)
+            tracker.log_summary(summary(), versions, paths.get("best program"))
+            tracker.finish()
+            print_results(run_dir, versions, paths, tracker)
+        finally:
+            signals.restore()
 
 
 def print_results(run_dir: Path, versions: list, paths: dict, tracker: Tracker) -> None:

@@ -21,6 +21,8 @@ class Tracker(Protocol):
 
     def log_version(self, version: Any, attempt: int) -> None: ...
 
+    def log_intervention(self, record: dict) -> None: ...
+
     def log_summary(self, summary: dict, versions: list[Any], best_program: Optional[Path]) -> None: ...
 
     def finish(self) -> None: ...
@@ -33,6 +35,9 @@ class NullTracker:
         pass
 
     def log_version(self, version: Any, attempt: int) -> None:
+        pass
+
+    def log_intervention(self, record: dict) -> None:
         pass
 
     def log_summary(self, summary: dict, versions: list[Any], best_program: Optional[Path]) -> None:
@@ -109,6 +114,18 @@ class WandbTracker:
         try:
             self.run.log({"attempt": attempt, "version": version.number, "version/score": version.score,
                           **_per_config(version.result, "version")})
+        except Exception as exc:  # noqa: BLE001
+            self._fail("log", exc)
+
+    def log_intervention(self, record: dict) -> None:
+        """A supervisor intervention: its number and trigger at the attempt it followed (the directions as text)."""
+        if self.run is None:
+            return
+        try:
+            self.run.log({"attempt": record.get("attempt", 0), "supervisor/intervention": record.get("intervention", 0),
+                          "supervisor/trigger": record.get("trigger", ""),
+                          "supervisor/action": record.get("action", ""),
+                          "supervisor/directions": "\n".join(record.get("directions") or [])})
         except Exception as exc:  # noqa: BLE001
             self._fail("log", exc)
 

@@ -272,19 +272,22 @@ def test_reopen_sees_everything(run_dir, tmp_path):
 
 
 def test_corrupt_last_attempt_line_is_tolerated(lin, run_dir, tmp_path, caplog):
-    """A crash mid-append leaves a partial last line: it is skipped with a warning and its number is not reused."""
+    """A crash mid-append leaves a partial last line: it is skipped with a warning, the attempt's line is
+    recovered from its ref on reopen, and its number is not reused."""
     prog = write_program(tmp_path / "p", {"kernel.py": "k\n"})
     for _ in range(3):
-        lin.record_attempt(prog, {"outcome": "x"})
+        lin.record_attempt(prog, {"outcome": "x", "result": {"score": 2.5, "correct": True}})
     path = run_dir / "attempts.jsonl"
     data = path.read_bytes()
     path.write_bytes(data[: data.rstrip(b"\n").rfind(b"\n") + 1 + 12])  # cut the third line after 12 bytes
     with caplog.at_level(logging.WARNING, logger="avo.lineage"):
-        assert [a["n"] for a in Lineage(run_dir).attempts()] == [1, 2]
-    assert "corrupt line 3" in caplog.text
+        recovered = Lineage(run_dir).attempts()
+    assert [a["n"] for a in recovered] == [1, 2, 3]
+    assert recovered[2]["outcome"] == "interrupted" and recovered[2]["recovered"] and recovered[2]["score"] == 2.5
+    assert "corrupt line 3" in caplog.text and "recovered from git" in caplog.text
     rec = lin.record_attempt(prog, {"outcome": "after crash"})
     assert rec["n"] == 4  # refs/attempts/3 exists, so 3 is not reused
-    assert [a["n"] for a in lin.attempts()] == [1, 2, 4]
+    assert [a["n"] for a in lin.attempts()] == [1, 2, 3, 4]
     assert path.read_text().splitlines()[-1] == json.dumps(rec)  # the new record starts on its own line
 
 

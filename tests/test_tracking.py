@@ -78,3 +78,14 @@ def test_null_tracker_is_silent():
     t.log_attempt({}, 0.0)
     t.finish()
     assert t.run_id is None
+
+
+def test_intervention_is_logged_at_its_attempt(tmp_path):
+    t = make(tmp_path, mode="disabled")
+    logged = []
+    t.run = SimpleNamespace(log=logged.append)
+    t.log_intervention({"intervention": 2, "trigger": "plateau", "attempt": 17, "action": "directions",
+                        "directions": ["a", "b"]})
+    assert logged == [{"attempt": 17, "supervisor/intervention": 2, "supervisor/trigger": "plateau",
+                       "supervisor/action": "directions", "supervisor/directions": "a\nb"}]
+    NullTracker().log_intervention({})

@@ -67,6 +67,7 @@ def _worker_env(device: str, gpu: Optional[int]) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"  # what the worker printed before dying must be in the log
+    env["AVO_PARENT_PID"] = str(os.getpid())  # the worker dies with the run (see worker.die_with_parent)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     if device == "cpu":
@@ -171,7 +172,12 @@ def evaluate(program_dir, task: Task, grid: Grid, settings: EvalSettings, *, gpu
                  str(tmp / "request.json")],
                 cwd=copy if safe_path else tmp, env=_worker_env(device, gpu), stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            timed_out = not _wait_unreaped(proc.pid, start + settings.timeout_s)
+            try:
+                timed_out = not _wait_unreaped(proc.pid, start + settings.timeout_s)
+            except BaseException:  # interrupted (Ctrl-C twice, SIGTERM): the worker must not outlive us
+                _kill_group(proc.pid)
+                proc.wait()
+                raise
             # Always, and before the worker is reaped (so its pid, the group's id, cannot have been reused):
             # a worker that finished may still have left children (daemons, compilers) in its group.
             _kill_group(proc.pid)

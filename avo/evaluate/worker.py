@@ -444,7 +444,24 @@ def describe(shape: Shape) -> str:
     return f"{shape.label} {'causal' if shape.causal else 'non-causal'} {shape.dtype}"
 
 
+def die_with_parent() -> None:
+    """Have the kernel kill this worker when the run that started it dies (kill -9 included), so that an
+    orphaned worker never keeps timing on the GPU next to a restarted run. Linux only."""
+    parent = os.environ.get("AVO_PARENT_PID")
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):  # the run died before the call above
+        os._exit(3)
+
+
 def main(argv: list[str]) -> int:
+    die_with_parent()
     if len(argv) != 2:
         print("usage: python -m avo.evaluate.worker <request.json>", file=sys.stderr)
         return 2

@@ -134,6 +134,8 @@ class SingleShotOperator:
         others = [v for v in versions if v.sha != parent.sha]
         inspirations = weighted_sample(others, self.cfg.inspirations, ctx.rng)
         prompt = self.prompt(ctx, parent, inspirations)
+        if ctx.guidance:
+            prompt += f"\n## Guidance from the supervisor\n{ctx.guidance}\n"
         self.trajectory.step, self.trajectory.turn = ctx.step, 1
         self.trajectory.event("request", parent=parent.tag, inspirations=[v.tag for v in inspirations],
                               new_messages=[{"role": "user", "content": prompt}], messages_total=1, model=self.cfg.model)

@@ -84,6 +84,39 @@ def test_hang_is_killed_with_its_whole_process_group(make_program, task, grid, s
     assert _wait_for(lambda: _group_gone(pgid)), "members of the worker's process group survived"
 
 
+def test_worker_dies_with_a_run_killed_by_sigkill(make_program, tmp_path):
+    """kill -9 of the run: its evaluation worker must not go on (timing on the GPU next to a restarted run)."""
+    import signal
+    import subprocess
+    import sys
+
+    pid_file = tmp_path / "pids.txt"
+    prog = make_program("hangs", PID_FILE=repr(str(pid_file)))
+    script = (
+        "from avo.evaluate import EvalSettings, evaluate\n"
+        "from avo.task import Grid, GridPoint, Task\n"
+        "task = Task(name='t', heads_q=4, heads_kv=2, head_dim=32, causal=True, dtype='float16')\n"
+        "grid = Grid(name='t', configs=[GridPoint(1, 64)], dtype='float16', max_heads_kv=2)\n"
+        f"evaluate({str(prog)!r}, task, grid, EvalSettings(device='cpu', trials=1, warmup=1, repeats=2, "
+        "odd_seqlens=[37], timeout_s=120.0))\n")
+    run = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        assert _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout=60)
+        _, worker = map(int, pid_file.read_text().split())  # the worker leads its own process group
+        assert not _gone(worker)
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+        assert _wait_for(lambda: _gone(worker)), "the worker outlived the run"
+    finally:
+        run.kill()
+        run.wait()
+        if pid_file.exists() and pid_file.read_text().strip():
+            try:  # the program's sleeping grandchild (the worker's group outlives the worker)
+                os.killpg(int(pid_file.read_text().split()[1]), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def test_worker_killed_by_a_signal(make_program, task, grid, settings):
     res = evaluate(make_program("kills_itself"), task, grid, settings)
     assert res["stage"] == "correctness_small" and not res["correct"]

@@ -96,6 +96,7 @@ class AvoOperator:
         workspace = ctx.workspace / "program"
         self.deps.lineage.add_worktree(ctx.parent, workspace)
         state = StepState(ctx=ctx, workspace=workspace)
+        self._waited_at_start = getattr(self.client, "waited_s", 0.0)
         self.tools.state = state
         self.trajectory.step, self.trajectory.turn = ctx.step, 0
         note = "?"
@@ -123,7 +124,9 @@ class AvoOperator:
             return f"the step's limit of {c.max_turns} turns"
         if state.evaluations >= c.max_evaluations:
             return f"the step's limit of {c.max_evaluations} evaluations"
-        if time.monotonic() - state.started >= c.max_step_minutes * 60:
+        # Time spent waiting out a model-server outage is not charged to the step.
+        waited = getattr(self.client, "waited_s", 0.0) - getattr(self, "_waited_at_start", 0.0)
+        if time.monotonic() - state.started - waited >= c.max_step_minutes * 60:
             return f"the step's limit of {c.max_step_minutes:g} minutes"
         if c.max_step_tokens is not None and state.usage.total >= c.max_step_tokens:
             return f"the step's limit of {c.max_step_tokens} tokens"
