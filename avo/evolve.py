@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,10 +191,25 @@ class Evolution:
         candidates = [v for b in self.population.branches() if (v := self.lineage.best(b)) is not None]
         return max(candidates, key=lambda v: v.score, default=None)
 
+    def recover_unrecorded(self, branch: str) -> None:
+        """A run killed between committing a version and logging its attempt left a version with no line in
+        attempts.jsonl: log it now, from the commit itself (outcome kept, marked recovered)."""
+        recorded = {a.get("version") for a in self.lineage.attempts()}
+        for version in self.lineage.versions(branch):
+            if version.tag in recorded:
+                continue
+            with tempfile.TemporaryDirectory(prefix="avo-recover-") as tmp:
+                program = self.lineage.export(version, Path(tmp) / "program")
+                parent = self.lineage.resolve(version.parent) if version.parent else None
+                self.harness.record(program, version.result, "seed" if version.number == 0 else "accepted",
+                                    parent, {"recovered": True}, version)
+            log.warning("recovered the attempt record of %s (the run was stopped before logging it)", version.tag)
+
     def start(self) -> None:
         """Commit the evaluated seed as version 0 of every branch that has none (or continue a run)."""
         for branch in self.population.branches():
             if self.lineage.versions(branch):
+                self.recover_unrecorded(branch)
                 continue
             log.info("evaluating the seed %s for branch %s", self.seed_dir, branch)
             result = self.harness.evaluate(self.seed_dir)

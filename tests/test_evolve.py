@@ -149,3 +149,21 @@ def test_candidate_is_judged_against_the_incumbent_timed_alongside(tmp_path):
     # A candidate equal to the committed best (but 10% "faster" than the slowed incumbent) would pass.
     assert evo.harness.accepts({"correct": True, "score": 0.95, "incumbent": {"score": 0.9}},
                                lineage.versions("main")[0])[0]
+
+
+def test_version_committed_but_never_logged_is_recovered_once(tmp_path):
+    """A kill between the commit and the attempt line: the next start logs the version, and only once."""
+    evo, lineage, _ = build(tmp_path)
+    evo.start()
+    v0 = lineage.versions("main")[0]
+    work = tmp_path / "w"
+    lineage.export(v0, work)
+    v1 = lineage.commit(work, fake_evaluate(work), message="committed, then killed", parent=v0)
+    assert [a.get("version") for a in lineage.attempts()] == ["main/v0"]
+    for _ in range(2):
+        evo2, lineage2, _ = build(tmp_path)
+        evo2.start()
+    records = lineage2.attempts()
+    assert [a.get("version") for a in records] == ["main/v0", "main/v1"]
+    assert records[1]["outcome"] == "accepted" and records[1]["recovered"] and records[1]["parent"] == "main/v0"
+    assert records[1]["score"] == v1.score
