@@ -27,8 +27,10 @@ def check_program_dir(path: Path) -> Path:
 
 
 def copy_program(src: Path, dest: Path) -> Path:
-    """Copy a program tree, leaving out caches and the lineage's own metadata."""
-    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".avo"), dirs_exist_ok=True)
+    """Copy a program tree, leaving out caches (stale build outputs are not the program), the lineage's
+    metadata and a worktree's .git link."""
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".avo", ".git"),
+                    dirs_exist_ok=True)
     return dest
 
 

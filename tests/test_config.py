@@ -1,5 +1,4 @@
 """Every config file of every group composes; typos and wrong types fail at composition."""
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir

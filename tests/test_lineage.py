@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from avo.lineage import Lineage, LineageError, Version
+from avo.lineage import Lineage, LineageError
 
 
 @pytest.fixture(autouse=True)

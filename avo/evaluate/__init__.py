@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from avo.evaluate import checks
 from avo.evaluate.gpu import gpu_slot, run_gpus
 from avo.evaluate.result import device_info, fail, new_result, trim
 from avo.evaluate.settings import EvalSettings
+from avo.program import check_program_dir, copy_program
 from avo.task import Grid, Task, grid_shapes
 
 __all__ = ["evaluate", "bench", "resolve_device", "EvalSettings"]
@@ -48,19 +48,9 @@ def resolve_device(settings: EvalSettings) -> str:
 
 
 def _check_usage(program_dir: Path, grid: Grid) -> None:
-    if not program_dir.is_dir():
-        raise ValueError(f"program directory {program_dir} does not exist (or is not a directory): a program is "
-                         f"a directory with kernel.py defining attention(q, k, v, *, causal, sm_scale)")
-    if not (program_dir / "kernel.py").is_file():
-        raise ValueError(f"program directory {program_dir} has no kernel.py: a program is a directory with "
-                         f"kernel.py defining attention(q, k, v, *, causal, sm_scale)")
+    check_program_dir(program_dir)  # a ProgramError (a ValueError) naming the contract
     if not grid.configs:
         raise ValueError(f"benchmark grid {grid.name!r} has no configurations")
-
-
-def _copy_program(src: Path, dst: Path) -> None:
-    # Build outputs of earlier runs are not part of the program and could be stale.
-    shutil.copytree(src, dst, symlinks=False, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".git"))
 
 
 def _worker_env(device: str, gpu: Optional[int]) -> dict:
@@ -140,11 +130,11 @@ def evaluate(program_dir, task: Task, grid: Grid, settings: EvalSettings, *, gpu
     with tempfile.TemporaryDirectory(prefix="avo-eval-", ignore_cleanup_errors=True) as tmp:
         tmp = Path(tmp)
         copy = tmp / "program"
-        _copy_program(program_dir, copy)
+        copy_program(program_dir, copy)
         incumbent_copy = None
         if incumbent is not None and Path(incumbent).joinpath("kernel.py").is_file():
             incumbent_copy = tmp / "incumbent"
-            _copy_program(Path(incumbent), incumbent_copy)
+            copy_program(Path(incumbent), incumbent_copy)
         request = {
             "program_dir": str(copy),
             "incumbent_dir": str(incumbent_copy) if incumbent_copy else None,

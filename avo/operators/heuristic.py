@@ -10,7 +10,7 @@ import itertools
 import random
 
 from avo.operators import StepContext, StepOutcome
-from avo.program import copy_program, read_tunables, write_config
+from avo.program import read_tunables, write_config
 
 
 # Configurations scanned once random draws stop finding untried ones (a bound for huge spaces).

@@ -3,20 +3,26 @@
 Programs run in-process through the worker (fast); each starts from the correct plain-torch program of
 conftest.py and cheats in one way. GPU-only exploits (side streams) are marked `gpu`.
 """
+import importlib.util
 import os
 import re
 import signal
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
-import torch
 
 from avo.evaluate import checks
 from avo.evaluate import worker as W
 from avo.evaluate.honesty import FORBIDDEN_OP, speed_verdict
-from conftest import CORRECT
+# The correct program every exploit starts from, from this directory's conftest (loaded by path: another
+# test directory has a conftest module too, and `import conftest` would get whichever came first).
+_spec = importlib.util.spec_from_file_location("_evaluate_conftest", Path(__file__).with_name("conftest.py"))
+_conftest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_conftest)
+CORRECT = _conftest.CORRECT
 
 EXPLOITS = {
     # Another attention implementation through an alias that the static text check cannot see.
