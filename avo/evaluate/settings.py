@@ -22,6 +22,9 @@ class EvalSettings:
     # ... and at least this much warm-up time on a GPU (do_bench's 50-100 ms): clocks settle under load.
     warmup_ms: float = 100.0
     repeats: int = 10
+    # ... and on a GPU as many more as fill at least this many milliseconds (do_bench's rep window): a GPU's
+    # clocks keep falling for a few hundred ms under load, so a shorter window reads short calls faster.
+    rep_ms: float = 200.0
     flush_l2: bool = True
     # Characters of captured compiler/Python output kept in the result (head and tail).
     log_chars: int = 4000

@@ -10,10 +10,15 @@ wall-clock cross-check (`wall_per_call`), which pays for everything a call launc
 On a CPU: time.perf_counter around each call (the numbers exercise the loop; they say nothing about GPUs).
 
 `measure_interleaved` times several implementations sample by sample, in an order rotated each round, so
-clock drift and thermal state hit all of them alike: the program against its incumbent and its baselines.
+clock drift and thermal state hit all of them alike (the program against its incumbent). Nothing but the L2
+flush should run between timed calls: measured on the lent H100, refilling the inputs before every call
+(memory-bound work that leaves the tensor cores idle) let the next call run 5-12% faster than do_bench
+reads it, and interleaving cuDNN with slower kernels read it 10% faster. Hence the worker's input pool and
+its baselines timed one at a time.
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from typing import Callable, Optional
@@ -108,9 +113,10 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], *, clock, warmup: 
     Warm-up: at least `warmup` rounds and at least `warmup_ms` of device time, as do_bench does. A GPU
     under sustained tensor-core load settles at lower clocks than a fresh one: a few warm-up calls left
     the evaluator reading cuDNN 10-13% faster than do_bench at seqlen <= 8k on the H100.
-    `before_each(name)` runs untimed before every call (e.g. refilling the inputs with fresh values, so no
-    call can reuse an earlier result); `after_each(name, round)` runs untimed after every timed call (e.g.
-    validating a sampled output). Returns {name: summarize(samples)}.
+    `before_each(name, round)` runs untimed before every call, `round` None during the warm-up (e.g. pointing
+    the call at that round's inputs); `after_each(name, round)` runs untimed after every timed call. Both
+    run on the host while the device works through the queue: work they put on the device lands between the
+    timed calls (see the module's note). Returns {name: summarize(samples)}.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -119,7 +125,7 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], *, clock, warmup: 
     while rounds < warmup or (time.perf_counter() - start) * 1e3 < warmup_ms:
         for name in names:
             if before_each:
-                before_each(name)
+                before_each(name, None)
             fns[name]()
         clock.sync()  # so the host's clock follows the device's work, and none spills into the samples
         rounds += 1
@@ -129,7 +135,7 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], *, clock, warmup: 
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
             if before_each:
-                before_each(name)
+                before_each(name, r)
             tokens.append((name, clock.record(fns[name])))
             if after_each:
                 after_each(name, r)
@@ -139,6 +145,26 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], *, clock, warmup: 
     for name, token in tokens:
         samples[name].append(clock.resolve(token))
     return {name: summarize(s) for name, s in samples.items()}
+
+
+def rounds_for(fns: dict[str, Callable[[], object]], *, clock, repeats: int, rep_ms: float,
+               max_rounds: int = 1000) -> int:
+    """Rounds to time: `repeats`, or as many as fill `rep_ms` (do_bench's window), at most `max_rounds`.
+
+    The time of a round is estimated from two untimed rounds after a first one (which may compile).
+    """
+    if rep_ms <= 0:
+        return repeats
+    for fn in fns.values():
+        fn()
+    clock.sync()
+    start = time.perf_counter()
+    for _ in range(2):
+        for fn in fns.values():
+            fn()
+    clock.sync()
+    per_round_ms = max((time.perf_counter() - start) * 1e3 / 2, 1e-3)
+    return max(repeats, min(max_rounds, math.ceil(rep_ms / per_round_ms)))
 
 
 def wall_per_call(fn: Callable[[], object], *, clock, calls: int) -> float:

@@ -27,7 +27,7 @@ from avo.evaluate import checks
 from avo.evaluate.honesty import ConcurrencyGuard, HarnessGuard, OpMonitor, relative_l2, speed_verdict
 from avo.evaluate.result import device_info, fail, finalize, new_result
 from avo.evaluate.settings import EvalSettings
-from avo.evaluate.timing import make_clock, measure_interleaved, wall_per_call
+from avo.evaluate.timing import make_clock, measure_interleaved, rounds_for, wall_per_call
 from avo.task import Grid, GridPoint, Shape, Task, aggregate, grid_shapes, reference_attention, with_seqlen
 
 # Peak of the float32 score matrices the chunked reference may hold at once (scores, softmax, temporaries).
@@ -36,6 +36,11 @@ REFERENCE_BUDGET_BYTES = 1 << 30
 # near-uniform softmax cannot hide a missing rescale or max subtraction; a few keys are outliers too.
 PEAK_Q_SCALE = (4.0, 8.0)
 OUTLIER_K_SCALE = 4.0
+# Timing inputs: a pool of fresh sets within this fraction of the free device memory (on a CPU, of
+# INPUT_POOL_CPU_BYTES); timed rounds per implementation and shape at most MAX_ROUNDS.
+INPUT_POOL_FRACTION = 0.25
+INPUT_POOL_CPU_BYTES = 4 << 30
+MAX_ROUNDS = 1000
 
 _START = time.monotonic()  # log lines carry the time since the worker started, to show where time goes
 
@@ -84,6 +89,16 @@ def make_inputs(shape: Shape, seed: int, trial: int, device: str):
     k = k * boost
     dtype = getattr(torch, shape.dtype)
     return {"q": q.to(dtype).contiguous(), "k": k.to(dtype).contiguous(), "v": v.to(dtype).contiguous()}
+
+
+def timing_inputs(shape: Shape, gen, device: str) -> dict:
+    """A fresh Gaussian q, k, v for timed calls (the peaked inputs are for correctness)."""
+    import torch
+
+    dtype = getattr(torch, shape.dtype)
+    b, s, d = shape.batch, shape.seqlen, shape.head_dim
+    return {name: torch.randn(b, s, h, d, generator=gen, device=device).to(dtype)
+            for name, h in (("q", shape.heads_q), ("k", shape.heads_kv), ("v", shape.heads_kv))}
 
 
 def chunked_reference(q, k, v, *, causal: bool, sm_scale: float):
@@ -300,51 +315,89 @@ class Worker:
         return impls
 
     def measure(self, stage: str, shape: Shape, impls: dict[str, Callable], seed: int, validate: bool) -> dict:
-        """Interleaved timing of `impls` on one shape. Before every call the inputs are refilled with fresh
-        values (untimed), so no call can return an earlier result; the program's output is validated on a
-        randomly chosen timed call and on the last one. Returns {name: timing summary}."""
+        """Timing of `impls` on one shape; returns {name: timing summary}.
+
+        The program and its incumbent are timed interleaved; every timed call of theirs gets a (q, k, v)
+        combination no earlier call saw, from a pool drawn before the clock starts, so no call can return an
+        earlier result and nothing but the L2 flush runs between calls. The program's output is validated on
+        a randomly chosen timed call and on the last one, after the timing. The baselines, trusted code, are
+        timed one at a time on one input set, as do_bench does. On a GPU every one is timed over at least
+        `rep_ms` after at least `warmup_ms` of warm-up, the windows of do_bench.
+        """
         import torch
 
         what = f"{describe(shape)}, timed calls"
         self.progress(stage, what)
-        inputs = make_inputs(shape, seed, 0, self.device)
-        gen = torch.Generator(device=self.device).manual_seed(seed + 17)
-        repeats = self.settings.repeats
-        check_rounds = ({int(torch.randint(0, repeats, (1,), generator=gen, device=self.device)), repeats - 1}
-                        if validate else set())
-        state = {"clones": None, "out": None}
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        stats = {}
+        candidates = {n: fn for n, fn in impls.items() if n in ("program", "incumbent")}
+        if candidates:
+            stats.update(self.measure_candidates(stage, what, shape, candidates, gen, validate))
+        for name, fn in impls.items():
+            if name not in candidates:
+                inputs = timing_inputs(shape, gen, self.device)
+                calls = {name: lambda fn=fn: self.call(stage, what, shape, inputs, fn, sync=False)}
+                stats.update(self.timed(stage, what, calls, self.rounds(calls)))
+        return stats
 
-        def refill(name: str) -> None:
-            for t in inputs.values():
-                t.copy_(torch.randn(t.shape, generator=gen, device=self.device, dtype=torch.float32))
-            state["clones"] = None
+    def rounds(self, calls: dict) -> int:
+        rep_ms = self.settings.rep_ms if self.device == "cuda" else 0.0
+        return rounds_for(calls, clock=self.clock, repeats=self.settings.repeats, rep_ms=rep_ms,
+                          max_rounds=MAX_ROUNDS)
 
-        def wrapped(name: str, fn: Callable) -> Callable:
-            def call():
-                out = self.call(stage, what, shape, inputs, fn, sync=False)
-                if name == "program":
-                    state["out"] = out
-            return call
-
-        def before(name: str) -> None:
-            refill(name)
-            if name == "program" and check_rounds:
-                state["clones"] = {k: t.clone() for k, t in inputs.items()}
-
-        def after(name: str, rnd: int) -> None:
-            if name == "program" and rnd in check_rounds:
-                self.validate(stage, f"{what} (round {rnd})", shape, state["out"], inputs, state["clones"])
-            state["out"] = None
-
-        calls = {name: wrapped(name, fn) for name, fn in impls.items()}
+    def timed(self, stage: str, what: str, calls: dict, repeats: int, **hooks) -> dict:
         try:
             return measure_interleaved(calls, clock=self.clock, warmup=self.settings.warmup, repeats=repeats,
-                                       warmup_ms=self.settings.warmup_ms if self.device == "cuda" else 0.0,
-                                       before_each=before, after_each=after)
+                                       warmup_ms=self.settings.warmup_ms if self.device == "cuda" else 0.0, **hooks)
         except ProgramError:
             raise
         except Exception as exc:  # an asynchronous CUDA error surfacing when the events are read
             raise ProgramError(f"{stage}: a timed call failed on {what}:\n{format_exception(exc)}") from None
+
+    def measure_candidates(self, stage: str, what: str, shape: Shape, impls: dict, gen, validate: bool) -> dict:
+        import torch
+
+        warm = timing_inputs(shape, gen, self.device)
+        state = {"inputs": warm, "round": None}
+        outputs = {}
+
+        def wrapped(name: str, fn: Callable) -> Callable:
+            def call():
+                out = self.call(stage, what, shape, state["inputs"], fn, sync=False)
+                if name == "program" and state["round"] in checked:
+                    outputs[state["round"]] = out
+            return call
+
+        calls = {n: wrapped(n, fn) for n, fn in impls.items()}
+        checked: set = set()
+        rounds = self.rounds(calls)
+        # n sets give n * n (q, kv) combinations: round r takes q from set r % n and k, v from set
+        # (r % n + r // n) % n, which runs through every pair once. As many sets as that needs, within
+        # INPUT_POOL_FRACTION of the free memory (fewer rounds if it cannot hold them).
+        elem = torch.empty((), dtype=getattr(torch, shape.dtype)).element_size()
+        set_bytes = elem * shape.batch * shape.seqlen * (shape.heads_q + 2 * shape.heads_kv) * shape.head_dim
+        free = torch.cuda.mem_get_info()[0] if self.device == "cuda" else INPUT_POOL_CPU_BYTES
+        fit = max(1, int(free * INPUT_POOL_FRACTION) // set_bytes)
+        n_sets = min(fit, math.ceil(math.sqrt(rounds)))
+        rounds = max(self.settings.repeats, min(rounds, n_sets * n_sets))
+        pool = [timing_inputs(shape, gen, self.device) for _ in range(n_sets)]
+
+        def inputs_of(rnd: int) -> dict:
+            a = rnd % n_sets
+            b = (a + rnd // n_sets) % n_sets
+            return {"q": pool[a]["q"], "k": pool[b]["k"], "v": pool[b]["v"]}
+
+        if validate:
+            checked = {int(torch.randint(rounds, (1,), generator=gen, device=self.device)), rounds - 1}
+        clones = {r: {k: t.clone() for k, t in inputs_of(r).items()} for r in checked}
+
+        def before(name: str, rnd: Optional[int]) -> None:
+            state["inputs"], state["round"] = (warm, None) if rnd is None else (inputs_of(rnd), rnd)
+
+        stats = self.timed(stage, what, calls, rounds, before_each=before)
+        for rnd in sorted(checked):
+            self.validate(stage, f"{what} (round {rnd})", shape, outputs[rnd], inputs_of(rnd), clones[rnd])
+        return stats
 
     def time_grid(self, stage: str, shapes: list[Shape], result: dict) -> None:
         settings = self.settings
@@ -354,7 +407,8 @@ class Worker:
         tflops_by_label, base_by_label, incumbent = {}, {}, []
         for i, (shape, entry) in enumerate(zip(shapes, result["configs"])):
             key = baselines_mod.cache_key(self.device_info.get("name", ""), shape.to_dict(),
-                                          f"{settings.baselines}|{settings.repeats}|{settings.flush_l2}")
+                                          f"{settings.baselines}|{settings.repeats}|{settings.flush_l2}|"
+                                          f"{settings.warmup_ms}|{settings.rep_ms}|alone")
             cached = cache.get(key) if cache and settings.baselines else None
             stats = self.measure(stage, shape, self.implementations(with_baselines=cached is None and
                                                                     bool(settings.baselines)),

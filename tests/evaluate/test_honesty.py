@@ -56,12 +56,13 @@ def attention(q, k, v, *, causal, sm_scale):
             return obj.to(q.dtype)
     return torch.zeros_like(q)
 ''',
-    # Replays an earlier output for the same input buffers (what a benchmark loop over fixed inputs rewards).
+    # Replays an earlier output for every later call of the same shape (what a benchmark loop over fixed
+    # inputs rewards). Keyed on the buffers instead it never hits: see test_every_timed_call_gets_new_buffers.
     "caches_outputs": CORRECT + '''
 CACHE = {}
 
 def attention(q, k, v, *, causal, sm_scale):
-    key = (q.data_ptr(), k.data_ptr(), v.data_ptr(), tuple(q.shape))
+    key = tuple(q.shape)
     if key not in CACHE:
         CACHE[key] = _attn(q, k, v, causal, sm_scale)
     return CACHE[key]
@@ -159,6 +160,43 @@ def test_exploit_is_rejected_with_the_reason(run_exploit, name, stage, message):
             os.waitpid(pid, 0)
     assert not res["correct"] and res["score"] == 0.0
     assert res["stage"] == stage and message in res["error"], res["error"]
+
+
+@pytest.mark.parametrize("repeats, pool_sets", [(7, None), (4, 2)])
+def test_every_timed_call_gets_a_new_input_combination(tmp_path, task, grid, settings, monkeypatch, repeats,
+                                                       pool_sets):
+    """No timed call of the program sees a (q, k, v) an earlier call saw, so a cache keyed on the buffers
+    never hits, though only about sqrt(repeats) input sets are allocated (or as many as fit: 2 here); the
+    incumbent gets the same round's inputs; a baseline is timed alone on one set of inputs."""
+    from avo.evaluate.timing import make_clock
+    from avo.task import grid_shapes, reference_attention
+
+    seen = {"program": [], "incumbent": [], "base": []}
+
+    def recorder(name):
+        def fn(q, k, v, *, causal, sm_scale):
+            seen[name].append((q.data_ptr(), k.data_ptr(), v.data_ptr()))
+            return reference_attention(q, k, v, causal=causal, sm_scale=sm_scale).to(q.dtype)
+        return fn
+
+    settings.repeats, settings.warmup = repeats, 2
+    d = tmp_path / "p"
+    d.mkdir()
+    (d / "kernel.py").write_text(textwrap.dedent(EXPLOITS["caches_outputs"]))
+    worker = W.Worker(d, task, grid, settings, "cpu", tmp_path / "progress.json")
+    worker.clock = make_clock("cpu")
+    shape = grid_shapes(task, grid)[0]
+    if pool_sets:
+        set_bytes = 2 * shape.batch * shape.seqlen * (shape.heads_q + 2 * shape.heads_kv) * shape.head_dim
+        monkeypatch.setattr(W, "INPUT_POOL_CPU_BYTES", int(pool_sets * set_bytes / W.INPUT_POOL_FRACTION))
+    stats = worker.measure("timing", shape, {n: recorder(n) for n in seen}, seed=1, validate=True)
+    assert set(stats) == set(seen)
+    warm, timed = seen["program"][:settings.warmup], seen["program"][settings.warmup:]
+    assert len(timed) == repeats and len(set(timed)) == repeats
+    assert not set(timed) & set(warm)  # warm-up inputs are not reused
+    assert len({t[0] for t in timed}) == (pool_sets or 3)  # q buffers are pooled, combinations are not
+    assert seen["incumbent"][settings.warmup:] == timed
+    assert len(set(seen["base"])) == 1 and len(seen["base"]) == settings.warmup + repeats
 
 
 def test_lowered_precision_is_rejected(run_exploit):

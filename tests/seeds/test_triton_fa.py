@@ -50,16 +50,18 @@ SCRIPT = textwrap.dedent('''
     sys.path.insert(0, str(seed))
     import kernel  # tune the seed's blocks directly
     kernel.INTERPRETER_BLOCKS = None
-    for bm, bn in blocks:
-        kernel.CONFIG.update(BLOCK_M=bm, BLOCK_N=bn)
-        for seqlen in lengths:
-            for causal in (True, False):
-                shape = Shape(1, seqlen, 4, 2, 64, causal, "float16")
-                x = make_inputs(shape, seqlen, 0, "cpu")
-                o = kernel.attention(x["q"], x["k"], x["v"], causal=causal, sm_scale=0.125)
-                ref = chunked_reference(x["q"], x["k"], x["v"], causal=causal, sm_scale=0.125)
-                err = checks.check_output(o, x["q"]) or checks.compare(o, ref, atol=2e-2, rtol=2e-2)[1]
-                out["blocks"].append([bm, bn, seqlen, causal, err])
+    for tma in (False, True):  # pointer loads, and the TMA descriptors Hopper uses
+        kernel.TMA = tma
+        for bm, bn in blocks:
+            kernel.CONFIG.update(BLOCK_M=bm, BLOCK_N=bn, SHORT_BLOCK_M=bm, SHORT_BLOCK_N=bn)
+            for seqlen in lengths:
+                for causal in (True, False):
+                    shape = Shape(1, seqlen, 4, 2, 64, causal, "float16")
+                    x = make_inputs(shape, seqlen, 0, "cpu")
+                    o = kernel.attention(x["q"], x["k"], x["v"], causal=causal, sm_scale=0.125)
+                    ref = chunked_reference(x["q"], x["k"], x["v"], causal=causal, sm_scale=0.125)
+                    err = checks.check_output(o, x["q"]) or checks.compare(o, ref, atol=2e-2, rtol=2e-2)[1]
+                    out["blocks"].append([bm, bn, seqlen, causal, tma, err])
     print(json.dumps(out))
 ''')
 
@@ -84,11 +86,31 @@ def test_seed_is_correct_under_the_interpreter(interpreted, group, causal, dim):
         assert c["max_err"] < 5e-3  # fp16 output rounding; well inside the task's 2e-2
 
 
+@pytest.mark.parametrize("tma", [False, True])
 @pytest.mark.parametrize("bm, bn", BLOCKS)
-def test_seed_with_small_blocks_covers_every_path(interpreted, bm, bn):
-    rows = [r for r in interpreted["blocks"] if (r[0], r[1]) == (bm, bn)]
+def test_seed_with_small_blocks_covers_every_path(interpreted, bm, bn, tma):
+    rows = [r for r in interpreted["blocks"] if (r[0], r[1], r[4]) == (bm, bn, tma)]
     assert len(rows) == 2 * len(LENGTHS)
-    assert [r for r in rows if r[4] is not None] == []
+    assert [r for r in rows if r[5] is not None] == []
+
+
+def test_short_rows_get_the_short_blocks(monkeypatch):
+    """SHORT_* applies while a query row visits at most SHORT_KV keys on average (half the length if causal)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("triton_fa_kernel_blocks", SEED / "kernel.py")
+    kernel = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kernel)
+    c = kernel.CONFIG
+    short = {k: c["SHORT_" + k] for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")}
+    long = {k: c[k] for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")}
+    assert short != long
+    n = c["SHORT_KV"]
+    assert kernel.choose_blocks(n, False, "cuda") == short
+    assert kernel.choose_blocks(n + 1, False, "cuda") == long
+    assert kernel.choose_blocks(2 * n + 1, True, "cuda") == short  # (2n + 1) // 2 == n keys on average
+    assert kernel.choose_blocks(2 * n + 2, True, "cuda") == long
+    assert kernel.choose_blocks(n, False, "cpu")["BLOCK_M"] == kernel.INTERPRETER_BLOCKS["BLOCK_M"]
 
 
 def test_seed_through_the_evaluator():
