@@ -1,33 +1,13 @@
 """The loop and the harness with a fake evaluator (fast); the real evaluator is exercised in test_run.py."""
 import pytest
+from toy_program import KERNEL, fake_evaluate
 
 from avo.budget import Budget
 from avo.evolve import Evolution, Harness, SeedError
 from avo.lineage import Lineage
 from avo.operators.heuristic import HeuristicOperator
 from avo.population.single import SingleLineage
-from avo.program import read_tunables
 from avo.tracking import NullTracker
-
-KERNEL = '''TUNABLES = {"A": [1, 2, 3, 4], "B": [1, 2]}
-CONFIG = {
-    "A": 1,
-    "B": 1,
-}
-
-
-def attention(q, k, v, *, causal, sm_scale):
-    return q
-'''
-
-
-def fake_evaluate(program_dir):
-    """Score = A * B; A == 3 is 'incorrect'."""
-    config = read_tunables(program_dir)[1]
-    correct = config["A"] != 3
-    score = float(config["A"] * config["B"]) if correct else 0.0
-    return {"stage": "done" if correct else "correctness_grid", "correct": correct, "score": score,
-            "error": None if correct else "max error 1.0 > tolerance", "configs": [{"label": "c", "tflops": score}]}
 
 
 class RecordingTracker(NullTracker):

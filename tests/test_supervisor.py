@@ -2,14 +2,20 @@
 import json
 from types import SimpleNamespace
 
-from test_evolve import KERNEL, RecordingTracker, fake_evaluate
+from test_evolve import RecordingTracker
+from toy_program import KERNEL, fake_evaluate
 
 from avo.budget import Budget
 from avo.evolve import Evolution, Harness
 from avo.lineage import Lineage
 from avo.operators.heuristic import HeuristicOperator
 from avo.population.single import SingleLineage
-from avo.supervisor import Supervisor, SupervisorSettings, failure_kind, parse_directions
+from avo.supervisor import (
+    Supervisor,
+    SupervisorSettings,
+    failure_kind,
+    parse_directions,
+)
 
 
 def version(n, score):

@@ -359,7 +359,7 @@ class Worker:
 
         warm = timing_inputs(shape, gen, self.device)
         state = {"inputs": warm, "round": None}
-        outputs = {}
+        outputs, checked = {}, set()  # rounds whose program output is validated (chosen once rounds are known)
 
         def wrapped(name: str, fn: Callable) -> Callable:
             def call():
@@ -369,7 +369,6 @@ class Worker:
             return call
 
         calls = {n: wrapped(n, fn) for n, fn in impls.items()}
-        checked: set = set()
         rounds = self.rounds(calls)
         # n sets give n * n (q, kv) combinations: round r takes q from set r % n and k, v from set
         # (r % n + r // n) % n, which runs through every pair once. As many sets as that needs, within
@@ -388,7 +387,7 @@ class Worker:
             return {"q": pool[a]["q"], "k": pool[b]["k"], "v": pool[b]["v"]}
 
         if validate:
-            checked = {int(torch.randint(rounds, (1,), generator=gen, device=self.device)), rounds - 1}
+            checked.update({int(torch.randint(rounds, (1,), generator=gen, device=self.device)), rounds - 1})
         clones = {r: {k: t.clone() for k, t in inputs_of(r).items()} for r in checked}
 
         def before(name: str, rnd: Optional[int]) -> None:

@@ -9,9 +9,15 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
+from toy_program import KERNEL, fake_evaluate
 
 from avo.budget import Budget
-from avo.config import AvoAgentConfig, CliAgentConfig, PricesConfig, SingleShotAgentConfig
+from avo.config import (
+    AvoAgentConfig,
+    CliAgentConfig,
+    PricesConfig,
+    SingleShotAgentConfig,
+)
 from avo.evolve import Evolution, Harness
 from avo.lineage import Lineage
 from avo.operators import OperatorDeps
@@ -19,29 +25,8 @@ from avo.operators.agent.loop import AvoOperator
 from avo.operators.cli_agent import CliOperator
 from avo.operators.single_shot import SingleShotOperator
 from avo.population.single import SingleLineage
-from avo.program import read_tunables
 from avo.task import Grid, GridPoint, Task
 from avo.tracking import NullTracker
-
-KERNEL = '''TUNABLES = {"A": [1, 2, 3, 4], "B": [1, 2]}
-CONFIG = {
-    "A": 1,
-    "B": 1,
-}
-
-
-def attention(q, k, v, *, causal, sm_scale):
-    return q
-'''
-
-
-def fake_evaluate(program_dir, grid="smoke"):
-    config = read_tunables(program_dir)[1]
-    correct = config["A"] != 3
-    score = float(config["A"] * config["B"]) if correct else 0.0
-    return {"stage": "done" if correct else "correctness_grid", "correct": correct, "score": score, "grid": grid,
-            "error": None if correct else "max error 1.0 > tolerance 0.02 at B1_S128",
-            "configs": [{"label": "B1_S128", "tflops": score, "ms": 1.0, "max_err": 0.001 if correct else 1.0}]}
 
 
 @dataclass
