@@ -31,6 +31,23 @@ CONFIG = {
 
 LOG2E = 1.4426950408889634
 
+# Block sizes on a GPU, where CONFIG's CPU-sized blocks would issue millions of small kernels per call on the
+# paper grid (S=32k with 32x32 blocks: ~10 launches for each of 10^6 block pairs). Not in TUNABLES: the CPU is
+# this seed's device, and GPU keys there would make half the heuristic's mutations no-ops. BLOCK_M halves
+# (down to 64) until one float32 score tile, (batch x heads_q x BLOCK_M x BLOCK_N), fits in TILE_BYTES.
+# None uses CONFIG on every device.
+GPU_BLOCKS = {"BLOCK_M": 1024, "BLOCK_N": 1024, "TILE_BYTES": 1 << 30}
+
+
+def choose_blocks(batch: int, heads_q: int, device_type: str) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N) for one call: CONFIG's on the CPU, GPU_BLOCKS' (memory-capped) elsewhere."""
+    if device_type == "cpu" or GPU_BLOCKS is None:
+        return CONFIG["BLOCK_M"], CONFIG["BLOCK_N"]
+    block_m, block_n = GPU_BLOCKS["BLOCK_M"], GPU_BLOCKS["BLOCK_N"]
+    while block_m > 64 and batch * heads_q * block_m * block_n * 4 > GPU_BLOCKS["TILE_BYTES"]:
+        block_m //= 2
+    return block_m, block_n
+
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, sm_scale: float) -> torch.Tensor:
     batch, seqlen, heads_q, head_dim = q.shape
@@ -41,7 +58,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     if heads_q % heads_kv:
         raise ValueError(f"heads_q={heads_q} must be a multiple of heads_kv={heads_kv}")
     group = heads_q // heads_kv
-    block_m, block_n, pack = CONFIG["BLOCK_M"], CONFIG["BLOCK_N"], CONFIG["PACK_GQA"]
+    block_m, block_n = choose_blocks(batch, heads_q, q.device.type)
+    pack = CONFIG["PACK_GQA"]
 
     # Query head h = kvh * group + g reads KV head kvh: view q's heads as (heads_kv, group).
     # qf: (B, Hkv, X, R, D) with rows R = positions x group members (packed, X = 1) or positions (X = group);

@@ -88,6 +88,20 @@ def test_every_config_within_tunables_is_correct(kernel):
         check(kernel, 1, 45, 1, 4, 64, torch.float16, causal=i % 2 == 0, seed=i)
 
 
+def test_gpu_blocks_are_large_and_capped_by_tile_memory(kernel):
+    # CONFIG is the CPU's; a GPU call uses GPU_BLOCKS, BLOCK_M halved until a float32 score tile fits.
+    kernel.CONFIG.update(BLOCK_M=32, BLOCK_N=16)
+    assert kernel.choose_blocks(32, 32, "cpu") == (32, 16)
+    assert kernel.choose_blocks(1, 16, "cuda") == (1024, 1024)
+    block_m, block_n = kernel.choose_blocks(32, 32, "cuda")
+    assert (block_m, block_n) == (256, 1024) and 32 * 32 * block_m * block_n * 4 <= kernel.GPU_BLOCKS["TILE_BYTES"]
+    assert kernel.choose_blocks(10_000, 64, "cuda")[0] == 64  # never below 64 rows
+    # The sizes GPU_BLOCKS yields are correct through the same code: several 256-row and 1024-key blocks.
+    kernel.CONFIG.update(BLOCK_M=256, BLOCK_N=1024, PACK_GQA=False)
+    for causal in (True, False):
+        check(kernel, 1, 2100, 1, 2, 64, torch.float16, causal)
+
+
 def test_config_is_a_literal_within_tunables():
     tunables, config = read_tunables(SEED)
     assert set(config) == set(tunables) and all(config[k] in tunables[k] for k in config)
@@ -113,7 +127,7 @@ def test_correct_on_gpu_bf16(group, causal):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     g = torch.Generator(device="cuda").manual_seed(group)
-    for seqlen in (1, 37, 1000):
+    for seqlen in (1, 37, 1000, 2500):  # 2500: several GPU blocks, and the causal diagonal inside them
         q = torch.randn(2, seqlen, 2 * group, 128, generator=g, device="cuda").bfloat16()
         k = torch.randn(2, seqlen, 2, 128, generator=g, device="cuda").bfloat16()
         v = torch.randn(2, seqlen, 2, 128, generator=g, device="cuda").bfloat16()
