@@ -394,6 +394,9 @@ class Worker:
             state["inputs"], state["round"] = (warm, None) if rnd is None else (inputs_of(rnd), rnd)
 
         stats = self.timed(stage, what, calls, rounds, before_each=before)
+        # The timing reads events of the current stream only; a program may still be writing its last
+        # outputs on a stream of its own (its time is caught by the wall-clock check). Validate what it wrote.
+        self.sync()
         for rnd in sorted(checked):
             self.validate(stage, f"{what} (round {rnd})", shape, outputs[rnd], inputs_of(rnd), clones[rnd])
         return stats
