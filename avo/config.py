@@ -171,8 +171,18 @@ class PopulationConfig:
 @dataclass
 class EvolveConfig:
     # Acceptance: correct and score >= incumbent score * (1 - noise_margin). null: derived from the measured
-    # run-to-run noise of the incumbent (2.5 x its RMS, within 0.5%..5%; 1% until measured).
+    # noise of a paired comparison (2.5 x its RMS, within 0.5%..5%; 1% until measured).
     noise_margin: Optional[float] = None
+    # With noise_margin null and interleave on: A/A evaluations (the seed or best timed alongside itself) run
+    # before the search to measure that noise; each costs one evaluation of the grid.
+    calibration: int = 3
+
+    def validate(self) -> None:
+        if self.noise_margin is not None and not 0 <= self.noise_margin < 1:
+            raise ValueError(f"evolve.noise_margin={self.noise_margin} must be a fraction in [0, 1), e.g. 0.01 "
+                             "(or null to derive it from the measured noise)")
+        if self.calibration < 0:
+            raise ValueError(f"evolve.calibration={self.calibration} must be 0 or more")
     # Re-time the best version interleaved with each candidate in the same worker, and compare with that.
     interleave: bool = True
     seed: int = 0  # random seed of the operator's choices

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 from avo.budget import Budget, format_duration
 from avo.errors import UserError
-from avo.lineage import Lineage, Version
+from avo.lineage import Lineage, Version, search_steps
 from avo.operators import Operator, StepContext
 from avo.population import Population
 from avo.program import ProgramError, read_tunables
@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 Evaluate = Callable[[Path], dict]
 
 
-# Auto noise margin: NOISE_SIGMAS x RMS of the last NOISE_WINDOW run-to-run differences, within MARGIN_RANGE;
-# DEFAULT_MARGIN until three differences have been seen.
+# Auto noise margin: NOISE_SIGMAS x RMS of the last NOISE_WINDOW paired differences (the best version timed
+# alongside itself, `Harness.calibrate`), within MARGIN_RANGE; DEFAULT_MARGIN until three have been measured.
 NOISE_SIGMAS = 2.5
 NOISE_WINDOW = 20
 MARGIN_RANGE = (0.005, 0.05)
@@ -74,7 +74,9 @@ class Harness:
     # Time the best version interleaved with every submitted candidate (evaluate must take incumbent=).
     interleave: bool = False
     workdir: Optional[Path] = None  # where the incumbent is exported
-    # Relative differences between the incumbent's re-timed and committed aggregate: run-to-run noise.
+    # Relative differences between two copies of one program timed alongside each other: the noise of a paired
+    # comparison. (Not the incumbent's re-timed score against its committed one: on an H100 that moves by
+    # several % with the power drawn by whatever it is paired with, a bias the pairing cancels.)
     noise_samples: list[float] = field(default_factory=list)
     # Text appended to the notes of the next committed version, then cleared (the supervisor's interventions).
     take_note: Callable[[], str] = field(default=lambda: "")
@@ -84,7 +86,7 @@ class Harness:
 
     def margin(self) -> float:
         """The acceptance margin: the configured one, or (noise_margin null) NOISE_SIGMAS times the measured
-        run-to-run noise of the incumbent's aggregate, clamped to MARGIN_RANGE."""
+        noise of a paired comparison, clamped to MARGIN_RANGE."""
         if self.noise_margin is not None:
             return self.noise_margin
         recent = self.noise_samples[-NOISE_WINDOW:]
@@ -145,6 +147,24 @@ class Harness:
             self.lineage.export(best, path)
         return path
 
+    def calibrate(self, best: Version) -> Optional[float]:
+        """One A/A evaluation: a copy of `best` timed alongside `best` itself, exactly as a candidate would be.
+        The relative difference of the two scores is one sample of the noise the acceptance rule faces; it is
+        recorded (outcome "calibration", `paired_noise`) and returned (None when the evaluation failed)."""
+        incumbent = self.incumbent_dir(best)
+        if incumbent is None:
+            return None
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="calibration-", dir=self.workdir) as tmp:
+            program = self.lineage.export(best, Path(tmp) / "program")
+            result = self.evaluate(program, incumbent=incumbent)
+            paired = (result.get("incumbent") or {}).get("score")
+            sample = float(result["score"]) / float(paired) - 1.0 if result.get("correct") and paired else None
+            self.record(program, result, "calibration", best, {} if sample is None else {"paired_noise": sample})
+        if sample is not None:
+            self.noise_samples.append(sample)
+        return sample
+
     def submit(self, program_dir: Path, *, branch: str, parent: Optional[Version], message: str, notes: str = "",
                meta: Optional[dict] = None) -> Verdict:
         best = self.lineage.best(branch)
@@ -152,8 +172,7 @@ class Harness:
         result = self.evaluate(program_dir, incumbent=incumbent) if incumbent else self.evaluate(program_dir)
         meta = dict(meta or {})
         if best is not None and (result.get("incumbent") or {}).get("score") and best.score > 0:
-            meta["incumbent_drift"] = result["incumbent"]["score"] / best.score - 1.0
-            self.noise_samples.append(meta["incumbent_drift"])
+            meta["incumbent_drift"] = result["incumbent"]["score"] / best.score - 1.0  # reported, not noise
         accepted, reason = self.accepts(result, best)
         meta.update(margin=self.margin(), verdict=reason)
         version = None
@@ -181,10 +200,11 @@ class Evolution:
     seed_dir: Path
     rng_seed: int = 0
     supervisor: Optional[Supervisor] = None
+    calibration: int = 0  # paired noise samples to measure before the search (auto margin, interleaved timing)
 
     def _counts(self) -> tuple[int, int]:
         versions = sum(max(0, len(self.lineage.versions(b)) - 1) for b in self.population.branches())
-        attempts = sum(1 for a in self.lineage.attempts() if a.get("outcome") != "seed")
+        attempts = len(search_steps(self.lineage.attempts()))
         return versions, attempts
 
     def best(self) -> Optional[Version]:
@@ -225,6 +245,26 @@ class Evolution:
             self.harness.tracker.log_version(version, record["n"])
             log.info("v0 (seed) on %s: %s", branch, describe(result))
 
+    def calibrate(self) -> None:
+        """Before the search: time the best version alongside itself until `calibration` paired noise samples
+        exist (a restarted run keeps those it measured), so the auto margin rests on measured noise."""
+        h = self.harness
+        if not h.noise_samples:  # a restarted run keeps the noise it measured (the attempt log has every sample)
+            h.noise_samples = [a["paired_noise"] for a in self.lineage.attempts() if "paired_noise" in a]
+        best = self.best()
+        if h.noise_margin is not None or not h.interleave or best is None:
+            return
+        for i in range(len(h.noise_samples), self.calibration):
+            if self.budget.exhausted(*self._counts()) is not None:
+                return
+            sample = h.calibrate(best)
+            log.info("noise calibration %d/%d: %s timed alongside itself: %s", i + 1, self.calibration, best.tag,
+                     "evaluation failed" if sample is None else f"{sample:+.2%}")
+        if h.noise_samples:
+            log.info("acceptance margin %.2f%% (%.1f x RMS of %d paired differences, within %.1f%%..%.0f%%)",
+                     100 * h.margin(), NOISE_SIGMAS, min(NOISE_WINDOW, len(h.noise_samples)),
+                     100 * MARGIN_RANGE[0], 100 * MARGIN_RANGE[1])
+
     def progress(self, step: int, note: str) -> None:
         versions, attempts = self._counts()
         best = self.best()
@@ -235,6 +275,7 @@ class Evolution:
 
     def run(self) -> float:
         self.start()
+        self.calibrate()
         versions, attempts = self._counts()
         if versions or attempts:
             log.info("continuing: %d versions and %d attempts already, %s of the budget spent",

@@ -84,6 +84,14 @@ def _disk_full(exc: BaseException) -> bool:
     return isinstance(exc, git.exc.GitCommandError) and "no space left on device" in str(exc).lower()
 
 
+# Attempt-log lines that are not steps of the search: the seed's evaluation and the noise calibration (the
+# best version timed alongside itself). Budgets, step numbers, prompts and the supervisor count steps only.
+NOT_STEPS = frozenset({"seed", "calibration"})
+
+
+def search_steps(attempts: list[dict]) -> list[dict]:
+    return [a for a in attempts if a.get("outcome") not in NOT_STEPS]
+
 @dataclass
 class Version:
     """One committed version of a lineage (a tagged commit)."""

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from avo import PROJECT_ROOT
 from avo.budget import Budget, read_json, write_json_atomic
-from avo.config import BudgetConfig
+from avo.config import BudgetConfig, EvolveConfig
 from avo.errors import UserError
 from avo.evaluate import evaluate, resolve_device
 from avo.evaluate.settings import EvalSettings
@@ -241,6 +241,7 @@ def main(cfg: DictConfig) -> float:
         settings = typed(cfg.evaluator, EvalSettings)
         budget_cfg = typed(cfg.budget, BudgetConfig)
         budget_cfg.validate()
+        typed(cfg.evolve, EvolveConfig).validate()
         agent_cfg = OmegaConf.to_object(cfg.agent)
         population = build_population(cfg.population)
         device = check_grid_fits_device(grid, settings)
@@ -271,15 +272,13 @@ def main(cfg: DictConfig) -> float:
                       evaluate=lambda d, incumbent=None: evaluate(d, task, grid, settings, incumbent=incumbent),
                       operator_name=operator.name,
                       evaluate_quick=lambda d: evaluate(d, task, quick_grid(grid), settings),
-                      interleave=cfg.evolve.interleave, workdir=run_dir / "workspace",
-                      # A restarted run keeps the noise it measured (the attempt log has every drift).
-                      noise_samples=[a["incumbent_drift"] for a in lineage.attempts() if "incumbent_drift" in a])
+                      interleave=cfg.evolve.interleave, workdir=run_dir / "workspace")
     supervisor = build_supervisor(cfg, run_dir, tracker, operator)
     if supervisor is not None:
         harness.take_note = supervisor.take_note
     evolution = Evolution(lineage=lineage, population=population, operator=operator, harness=harness,
                           budget=budget, run_dir=run_dir, seed_dir=seed_dir, rng_seed=cfg.evolve.seed,
-                          supervisor=supervisor)
+                          supervisor=supervisor, calibration=cfg.evolve.calibration)
     title = f"{task.name} / {grid.name} / {operator.name}"
     harness.on_commit = lambda v: write_reports(run_dir, versions=lineage.versions(v.branch),
                                                 attempts=lineage.attempts(), summary=summary(), title=title)

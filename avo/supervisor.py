@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from avo.budget import read_json, write_json_atomic
+from avo.lineage import search_steps
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class Supervisor:
         s, st = self.s, self.state
         if not s.enabled:
             return None
-        judged = [a for a in attempts if a.get("outcome") != "seed"]
+        judged = search_steps(attempts)
         last_n = max((a.get("n", 0) for a in attempts), default=0)
         if st["interventions"] and last_n - st["last_attempt"] < s.cooldown_attempts:
             return None
@@ -264,7 +265,7 @@ class Supervisor:
                                 for i, c in enumerate(v.result.get("configs") or []) if isinstance(c, dict))
             first = v.message.splitlines()[0] if v.message else ""
             lines.append(f"- {v.tag}: {v.score:.4g} aggregate [{configs}] {first}"[:400])
-        recent = [a for a in attempts if a.get("outcome") != "seed"][-self.s.max_history:]
+        recent = search_steps(attempts)[-self.s.max_history:]
         lines += ["", f"## The last {len(recent)} attempts"]
         for a in recent:
             what = f"{float(a.get('score') or 0):.4g} TFLOPS" if a.get("correct") else failure_kind(a)

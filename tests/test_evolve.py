@@ -107,7 +107,7 @@ def test_auto_margin_follows_measured_noise(tmp_path):
 
 
 def test_candidate_is_judged_against_the_incumbent_timed_alongside(tmp_path):
-    """The incumbent re-timed in the same worker is the bar, and its drift feeds the noise estimate."""
+    """The incumbent re-timed in the same worker is the bar; its drift is recorded, but it is not noise."""
     calls = []
 
     def interleaved(program_dir, incumbent=None):
@@ -126,9 +126,54 @@ def test_candidate_is_judged_against_the_incumbent_timed_alongside(tmp_path):
     judged = [a for a in lineage.attempts()[1:] if a["correct"]]
     assert judged and all(a["incumbent_drift"] == pytest.approx(-0.1) for a in judged)
     assert all("re-timed alongside" in a["verdict"] and a["margin"] == 0.0 for a in judged)
+    assert evo.harness.noise_samples == []  # a fixed margin: no calibration, and drift is not noise
     # A candidate equal to the committed best (but 10% "faster" than the slowed incumbent) would pass.
     assert evo.harness.accepts({"correct": True, "score": 0.95, "incumbent": {"score": 0.9}},
                                lineage.versions("main")[0])[0]
+
+
+def paired_context(program_dir, incumbent=None):
+    """Like an H100: timed alongside another program, everything reads 10% slower than alone (the power
+    drawn by the pair), and the incumbent 0.2% faster than an identical candidate (the noise of the pair)."""
+    result = fake_evaluate(program_dir)
+    if incumbent is not None:
+        result["score"] *= 0.9
+        result["incumbent"] = {"score": 0.9 * 1.002 * fake_evaluate(incumbent)["score"]}
+    return result
+
+
+def test_calibration_measures_the_noise_of_a_paired_comparison(tmp_path):
+    evo, lineage, _ = build(tmp_path, evaluate=paired_context, max_attempts=3, margin=None)
+    evo.harness.interleave, evo.harness.workdir, evo.calibration = True, tmp_path / "work", 3
+    evo.run()
+    attempts = lineage.attempts()
+    assert [a["outcome"] for a in attempts[:4]] == ["seed", "calibration", "calibration", "calibration"]
+    assert all(a["parent"] == "main/v0" and a["paired_noise"] == pytest.approx(1 / 1.002 - 1)
+               for a in attempts[1:4])
+    # The margin rests on the 0.2% pair noise (clamped up to 0.5%), not on the 10% context drift.
+    assert evo.harness.margin() == 0.005
+    judged = attempts[4:]
+    assert len(judged) == 3 and all(a["margin"] == 0.005 for a in judged)  # calibrations are not steps
+    assert judged[0]["incumbent_drift"] == pytest.approx(0.9 * 1.002 - 1)  # recorded (v0 was timed alone)
+
+    # A restart keeps the measured noise: no second calibration.
+    again, lineage, _ = build(tmp_path, evaluate=paired_context, max_attempts=4, margin=None)
+    again.harness.interleave, again.harness.workdir, again.calibration = True, tmp_path / "work", 3
+    again.run()
+    outcomes = [a["outcome"] for a in lineage.attempts()]
+    assert outcomes.count("calibration") == 3 and len(outcomes) == 8
+    assert again.harness.noise_samples == pytest.approx([1 / 1.002 - 1] * 3)
+
+
+def test_no_calibration_with_a_fixed_margin_or_without_interleaving(tmp_path):
+    for margin, interleave in ((0.01, True), (None, False)):
+        (tmp_path / f"{margin}-{interleave}").mkdir()
+        evo, lineage, _ = build(tmp_path / f"{margin}-{interleave}", evaluate=paired_context, max_attempts=1,
+                                margin=margin)
+        evo.harness.interleave, evo.harness.workdir, evo.calibration = interleave, tmp_path / "work", 3
+        evo.run()
+        assert [a["outcome"] for a in lineage.attempts()][:1] == ["seed"]
+        assert "calibration" not in [a["outcome"] for a in lineage.attempts()]
 
 
 def test_version_committed_but_never_logged_is_recovered_once(tmp_path):

@@ -17,7 +17,7 @@ def run(*overrides, cwd=PROJECT_ROOT, timeout=600):
 
 
 FAST = ["task=mha_causal", "agent=heuristic", "benchmark=smoke", "evaluator.trials=1", "evaluator.repeats=2",
-        "evaluator.warmup=1", "evaluator.odd_seqlens=[37]"]
+        "evaluator.warmup=1", "evaluator.odd_seqlens=[37]", "evolve.calibration=1"]
 
 
 def test_cpu_run_commits_scores_logs_and_continues(tmp_path):
@@ -32,13 +32,16 @@ def test_cpu_run_commits_scores_logs_and_continues(tmp_path):
                                       capture_output=True, text=True).stdout)
     assert score["correct"] and score["score"] > 0 and score["grid"] == "smoke"
     attempts = [json.loads(line) for line in (run_dir / "attempts.jsonl").read_text().splitlines()]
-    assert [a["n"] for a in attempts] == [1, 2, 3] and attempts[0]["outcome"] == "seed"
-    assert all(a["outcome"] in ("seed", "accepted", "rejected") for a in attempts)
+    assert [a["n"] for a in attempts] == [1, 2, 3, 4] and attempts[0]["outcome"] == "seed"
+    # Before the search, the seed timed alongside itself: the noise the acceptance margin is derived from.
+    assert attempts[1]["outcome"] == "calibration" and attempts[1]["parent"] == "main/v0"
+    assert abs(attempts[1]["paired_noise"]) < 1 and "noise calibration 1/1" in proc.stdout
+    assert all(a["outcome"] in ("accepted", "rejected") for a in attempts[2:])
     refs = subprocess.run(["git", "-C", str(run_dir / "lineage"), "for-each-ref", "refs/attempts"],
                           capture_output=True, text=True).stdout
-    assert len(refs.splitlines()) == 3
+    assert len(refs.splitlines()) == 4  # every attempt, calibration included, is kept as a commit
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["best_score"] > 0 and summary["attempts"] == 3 and summary["wandb_run_id"]
+    assert summary["best_score"] > 0 and summary["attempts"] == 4 and summary["wandb_run_id"]
     for name in ("versions.csv", "attempts.csv", "progress.png", "best/kernel.py"):
         assert (run_dir / name).is_file(), name
     offline = list((run_dir / "wandb").glob("offline-run-*"))
@@ -50,7 +53,7 @@ def test_cpu_run_commits_scores_logs_and_continues(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "continuing" in again.stdout
     attempts = [json.loads(line) for line in (run_dir / "attempts.jsonl").read_text().splitlines()]
-    assert [a["n"] for a in attempts] == [1, 2, 3, 4]
+    assert [a["n"] for a in attempts] == [1, 2, 3, 4, 5]  # and no second calibration
     assert json.loads((run_dir / "summary.json").read_text())["wandb_run_id"] == summary["wandb_run_id"]
 
 
@@ -62,6 +65,8 @@ def test_cpu_run_commits_scores_logs_and_continues(tmp_path):
     (["budget.minutes=0"], "budget is zero"),
     (["budget.hours=-1"], "negative"),
     (["budget.max_versions=0"], "at least 1"),
+    (["evolve.calibration=-1"], "must be 0 or more"),
+    (["evolve.noise_margin=2"], "must be a fraction"),
     (["benchmark=paper", "evaluator.device=cpu"], "needs a GPU"),
     (["evaluator.device=tpu", "benchmark=smoke"], "not one of"),
 ])

@@ -9,6 +9,8 @@ import string
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional
 
+from avo.lineage import search_steps
+
 if TYPE_CHECKING:
     from avo.lineage import Lineage, Version
     from avo.task import Grid, Task
@@ -92,7 +94,7 @@ def describe_versions(versions: Iterable["Version"], limit: int = 20) -> str:
 
 
 def describe_attempts(history: list[dict], limit: int = 8) -> str:
-    recent = [a for a in history if a.get("outcome") != "seed"][-limit:]
+    recent = search_steps(history)[-limit:]
     lines = []
     for a in recent:
         what = (f"{float(a.get('score') or 0):.4g} TFLOPS" if a.get("correct")
