@@ -52,6 +52,14 @@ class Verdict:
     version: Optional[Version] = None
 
 
+def describe_version(v: Version) -> str:
+    """'v3 457.8 TFLOPS', with its lineage score when that differs (see `Harness.submit`)."""
+    text = f"v{v.number} {v.score:.4g} TFLOPS"
+    if v.score > 0 and abs(v.lineage_score / v.score - 1) > 5e-4:
+        text += f" ({v.lineage_score:.4g} on the lineage's scale)"
+    return text
+
+
 def describe(result: dict) -> str:
     if result.get("correct"):
         return f"{result.get('score', 0.0):.4g} TFLOPS"
@@ -120,11 +128,12 @@ class Harness:
             "version": version.tag if version else None, "score": float(result.get("score", 0.0)),
             "correct": bool(result.get("correct")), "stage": result.get("stage"), "error": result.get("error"),
             "elapsed_s": self.budget.elapsed(), "result": result, **meta,
+            **({"lineage_score": result["lineage_score"]} if "lineage_score" in result else {}),
         }
         stored = self.lineage.record_attempt(program_dir, record, parent=parent)
         self.budget.save()
         best = self.lineage.best(parent.branch if parent else "main")
-        self.tracker.log_attempt(stored, best.score if best else 0.0)
+        self.tracker.log_attempt(stored, best.lineage_score if best else 0.0)
         return stored
 
     def trial(self, program_dir: Path, *, quick: bool, parent: Optional[Version], meta: Optional[dict] = None) -> dict:
@@ -174,6 +183,12 @@ class Harness:
         if best is not None and (result.get("incumbent") or {}).get("score") and best.score > 0:
             meta["incumbent_drift"] = result["incumbent"]["score"] / best.score - 1.0  # reported, not noise
         accepted, reason = self.accepts(result, best)
+        paired = (result.get("incumbent") or {}).get("score")
+        if result.get("correct") and best is not None and paired:
+            # Absolute scores of separate evaluations differ by several % with the GPU's power state (what
+            # the program was paired with); the ratio of two programs timed alongside each other does not.
+            # Chained from the seed, these ratios rank versions (Lineage.best); `score` stays as measured.
+            result["lineage_score"] = best.lineage_score * float(result.get("score", 0.0)) / float(paired)
         meta.update(margin=self.margin(), verdict=reason)
         version = None
         if accepted:
@@ -209,7 +224,7 @@ class Evolution:
 
     def best(self) -> Optional[Version]:
         candidates = [v for b in self.population.branches() if (v := self.lineage.best(b)) is not None]
-        return max(candidates, key=lambda v: v.score, default=None)
+        return max(candidates, key=lambda v: v.lineage_score, default=None)
 
     def recover_unrecorded(self, branch: str) -> None:
         """A run killed between committing a version and logging its attempt left a version with no line in
@@ -225,11 +240,14 @@ class Evolution:
                                     parent, {"recovered": True}, version)
             log.warning("recovered the attempt record of %s (the run was stopped before logging it)", version.tag)
 
-    def start(self) -> None:
-        """Commit the evaluated seed as version 0 of every branch that has none (or continue a run)."""
+    def start(self) -> bool:
+        """Commit the evaluated seed as version 0 of every branch that has none (or continue a run); True
+        when some branch already had versions (a restarted run)."""
+        continued = False
         for branch in self.population.branches():
             if self.lineage.versions(branch):
                 self.recover_unrecorded(branch)
+                continued = True
                 continue
             log.info("evaluating the seed %s for branch %s", self.seed_dir, branch)
             result = self.harness.evaluate(self.seed_dir)
@@ -244,6 +262,7 @@ class Evolution:
             record = self.harness.record(self.seed_dir, result, "seed", None, {}, version)
             self.harness.tracker.log_version(version, record["n"])
             log.info("v0 (seed) on %s: %s", branch, describe(result))
+        return continued
 
     def calibrate(self) -> None:
         """Before the search: time the best version alongside itself until `calibration` paired noise samples
@@ -270,16 +289,16 @@ class Evolution:
         best = self.best()
         spent = f" | {self.budget.tokens} tokens, ${self.budget.usd:.2f}" if self.budget.tokens else ""
         log.info("step %d | %s | versions %d | attempts %d | best %s | %s spent, %s left%s",
-                 step, note, versions, attempts, f"v{best.number} {best.score:.4g} TFLOPS" if best else "-",
+                 step, note, versions, attempts, describe_version(best) if best else "-",
                  format_duration(self.budget.elapsed()), format_duration(self.budget.remaining()), spent)
 
     def run(self) -> float:
-        self.start()
-        self.calibrate()
+        continued = self.start()
         versions, attempts = self._counts()
-        if versions or attempts:
+        if continued:
             log.info("continuing: %d versions and %d attempts already, %s of the budget spent",
                      versions, attempts, format_duration(self.budget.elapsed()))
+        self.calibrate()
         rng = random.Random(f"{self.rng_seed}:{attempts}")  # a restart does not replay the same draws
         step = attempts
         stop_reason = None
@@ -309,6 +328,5 @@ class Evolution:
             self.progress(step, f"{verdict} ({outcome.note}, {time.monotonic() - started:.1f}s)")
         self.budget.save()
         best = self.best()
-        log.info("stopping: %s. Best: v%d, %.4g TFLOPS.", stop_reason, best.number if best else -1,
-                 best.score if best else 0.0)
+        log.info("stopping: %s. Best: %s.", stop_reason, describe_version(best) if best else "none")
         return best.score if best else 0.0

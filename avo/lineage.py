@@ -111,6 +111,14 @@ class Version:
         return float(self.result.get("score", 0.0) or 0.0)
 
     @property
+    def lineage_score(self) -> float:
+        """The score on the lineage's own scale, which ranks versions (see `Harness.submit`): the measured
+        score, or for a version judged against a re-timed incumbent, the incumbent's lineage score times the
+        ratio of the two scores timed alongside each other."""
+        value = self.result.get("lineage_score")
+        return float(value) if value is not None else self.score
+
+    @property
     def correct(self) -> bool:
         return bool(self.result.get("correct", False))
 
@@ -459,10 +467,10 @@ class Lineage:
         return vs[-1] if vs else None
 
     def best(self, branch: str = "main") -> Optional[Version]:
-        """The correct version with the highest score; on a tie the earlier one (it came first)."""
+        """The correct version with the highest lineage score; on a tie the earlier one (it came first)."""
         best = None
         for v in self.versions(branch):
-            if v.correct and (best is None or v.score > best.score):
+            if v.correct and (best is None or v.lineage_score > best.lineage_score):
                 best = v
         return best
 

@@ -31,10 +31,11 @@ def write_versions_csv(path: Path, versions: list[Any]) -> None:
     labels = _config_columns([v.result for v in versions])
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["branch", "version", "score_tflops", *labels, "sha", "message"])
+        w.writerow(["branch", "version", "score_tflops", "lineage_score", *labels, "sha", "message"])
         for v in versions:
             per = _tflops(v.result)
-            w.writerow([v.branch, v.number, f"{v.score:.4f}", *(f"{per.get(l, 0.0):.4f}" for l in labels),
+            w.writerow([v.branch, v.number, f"{v.score:.4f}", f"{v.lineage_score:.4f}",
+                        *(f"{per.get(l, 0.0):.4f}" for l in labels),
                         v.sha[:12], (v.message or "").splitlines()[0] if v.message else ""])
 
 
@@ -64,12 +65,12 @@ def plot_progress(path: Path, attempts: list[dict], title: str) -> Optional[Path
     best, running = [], 0.0
     for a, s in zip(attempts, scores):
         if a.get("outcome") in ("seed", "accepted"):
-            running = max(running, s)
+            running = max(running, float(a.get("lineage_score", s)))  # how versions are ranked
         best.append(running)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.scatter(xs, scores, s=14, c=["tab:green" if a.get("outcome") in ("seed", "accepted") else "tab:gray"
                                    for a in attempts], label="attempt (green: committed)")
-    ax.step(xs, best, where="post", color="tab:blue", label="best committed")
+    ax.step(xs, best, where="post", color="tab:blue", label="best committed (lineage scale)")
     ax.set_xlabel("attempt")
     ax.set_ylabel("aggregate TFLOPS")
     ax.set_title(title)
@@ -96,10 +97,10 @@ def write_reports(run_dir: Path, *, versions: list[Any], attempts: list[dict], s
 
 def versions_table(versions: list[Any]) -> str:
     """A small terminal table of the committed versions."""
-    lines = [f"{'version':>9}  {'TFLOPS':>10}  message"]
+    lines = [f"{'version':>9}  {'TFLOPS':>10}  {'lineage':>10}  message"]
     for v in versions:
         first = (v.message or "").splitlines()[0] if v.message else ""
-        lines.append(f"{v.tag:>9}  {v.score:>10.4g}  {first[:70]}")
+        lines.append(f"{v.tag:>9}  {v.score:>10.4g}  {v.lineage_score:>10.4g}  {first[:70]}")
     return "\n".join(lines)
 
 

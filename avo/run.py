@@ -26,7 +26,7 @@ from avo.errors import UserError
 from avo.evaluate import evaluate, resolve_device
 from avo.evaluate.settings import EvalSettings
 from avo.evolve import Evolution, Harness
-from avo.lineage import Lineage, LineageError
+from avo.lineage import Lineage, LineageError, search_steps
 from avo.operators import OperatorDeps, build_operator
 from avo.population import build_population
 from avo.program import ProgramError, check_program_dir
@@ -288,8 +288,12 @@ def main(cfg: DictConfig) -> float:
         return {"run_dir": str(run_dir), "task": task.name, "benchmark": grid.name, "agent": operator.name,
                 "device": device, "best_version": best.tag if best else None,
                 "best_score": best.score if best else 0.0,
+                "best_lineage_score": best.lineage_score if best else 0.0,
                 "versions": sum(len(lineage.versions(b)) for b in population.branches()),
-                "attempts": len(lineage.attempts()), "elapsed_s": budget.elapsed(),
+                # attempts: search steps (what budget.max_attempts counts); evaluations: every attempt line,
+                # the seed's and the noise calibrations included.
+                "attempts": len(search_steps(lineage.attempts())), "evaluations": len(lineage.attempts()),
+                "elapsed_s": budget.elapsed(),
                 "wandb_run_id": tracker.run_id, "wandb_group": cfg.logger.group or group}
 
     log.info("run directory: %s (device %s, task %s, benchmark %s, agent %s)", run_dir, device, task.name,

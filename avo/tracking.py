@@ -113,7 +113,7 @@ class WandbTracker:
             return
         try:
             self.run.log({"attempt": attempt, "version": version.number, "version/score": version.score,
-                          **_per_config(version.result, "version")})
+                          "version/lineage_score": version.lineage_score, **_per_config(version.result, "version")})
         except Exception as exc:  # noqa: BLE001
             self._fail("log", exc)
 

@@ -176,6 +176,41 @@ def test_no_calibration_with_a_fixed_margin_or_without_interleaving(tmp_path):
         assert "calibration" not in [a["outcome"] for a in lineage.attempts()]
 
 
+def test_versions_are_ranked_by_paired_ratios_not_by_separate_measurements(tmp_path):
+    """Seen on an H200: v3, timed alongside the best v1, was 2.8% faster than it, yet measured 457.8 against
+    v1's 458.0 from an earlier evaluation (another power state). The best must be v3."""
+    queue = []
+
+    def scripted(program_dir, incumbent=None):
+        score, paired = queue.pop(0)
+        result = {**fake_evaluate(program_dir), "score": score}
+        if incumbent is not None:
+            result["incumbent"] = {"score": paired}
+        return result
+
+    evo, lineage, tracker = build(tmp_path, evaluate=scripted, margin=0.01)
+    evo.harness.interleave, evo.harness.workdir = True, tmp_path / "work"
+    queue.append((450.6, None))
+    evo.start()
+    seed = tmp_path / "seed"
+
+    def submit(score, paired):
+        queue.append((score, paired))
+        best = lineage.best("main")
+        return evo.harness.submit(seed, branch="main", parent=best, message=f"{score}")
+
+    v1 = submit(458.0, 450.0).version  # +1.8% over v0 timed alongside
+    assert v1.lineage_score == pytest.approx(450.6 * 458.0 / 450.0) and lineage.best("main").tag == v1.tag
+    v2 = submit(449.4, 449.5).version  # equal within the margin: committed, not the best
+    assert v2 is not None and lineage.best("main").tag == v1.tag
+    v3 = submit(457.8, 445.4).version  # 2.8% faster than v1 timed alongside, lower than v1's own figure
+    assert v3.score < v1.score and v3.lineage_score == pytest.approx(v1.lineage_score * 457.8 / 445.4)
+    assert lineage.best("main").tag == v3.tag and evo.best().tag == v3.tag
+    assert tracker.attempts[-1][2] == pytest.approx(v3.lineage_score)  # W&B's best-so-far: the ranking score
+    records = lineage.attempts()
+    assert records[-1]["lineage_score"] == pytest.approx(v3.lineage_score) and "lineage_score" not in records[0]
+
+
 def test_version_committed_but_never_logged_is_recovered_once(tmp_path):
     """A kill between the commit and the attempt line: the next start logs the version, and only once."""
     evo, lineage, _ = build(tmp_path)

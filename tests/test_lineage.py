@@ -145,6 +145,16 @@ def test_best_and_latest_of_empty_or_all_incorrect(lin, tmp_path):
         lin.resolve("best")
 
 
+def test_best_is_ranked_by_lineage_score_when_recorded(lin, tmp_path):
+    """A version judged alongside its incumbent carries `lineage_score`; that, not the raw score, ranks it."""
+    lin.commit(write_program(tmp_path / "a", {"kernel.py": "a\n"}), result(10.0))
+    lin.commit(write_program(tmp_path / "b", {"kernel.py": "b\n"}), {**result(9.5), "lineage_score": 10.4})
+    lin.commit(write_program(tmp_path / "c", {"kernel.py": "c\n"}), {**result(10.2), "lineage_score": 10.1})
+    best = lin.best()
+    assert best.number == 1 and best.score == 9.5 and best.lineage_score == 10.4
+    assert lin.resolve("best").number == 1 and lin.versions()[0].lineage_score == 10.0
+
+
 def test_deleted_files_disappear(lin, run_dir, tmp_path):
     """A file removed from the program is removed in the next version and from the work tree."""
     v0 = lin.commit(write_program(tmp_path / "a", {"kernel.py": "k\n", "helper.py": "h\n"}), result(1.0))

@@ -41,7 +41,7 @@ def test_cpu_run_commits_scores_logs_and_continues(tmp_path):
                           capture_output=True, text=True).stdout
     assert len(refs.splitlines()) == 4  # every attempt, calibration included, is kept as a commit
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["best_score"] > 0 and summary["attempts"] == 4 and summary["wandb_run_id"]
+    assert summary["best_score"] > 0 and summary["attempts"] == 2 and summary["evaluations"] == 4 and summary["wandb_run_id"]
     for name in ("versions.csv", "attempts.csv", "progress.png", "best/kernel.py"):
         assert (run_dir / name).is_file(), name
     offline = list((run_dir / "wandb").glob("offline-run-*"))
