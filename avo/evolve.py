@@ -52,11 +52,12 @@ class Verdict:
     version: Optional[Version] = None
 
 
-def describe_version(v: Version) -> str:
-    """'v3 457.8 TFLOPS', with its lineage score when that differs (see `Harness.submit`)."""
+def describe_version(v: Version, seed: Optional[Version]) -> str:
+    """'v3 457.8 TFLOPS, 1.03x v0 in paired timings': the measured score, and the version's lineage score
+    (how it is ranked, see `Harness.submit`) as a speedup over the branch's seed."""
     text = f"v{v.number} {v.score:.4g} TFLOPS"
-    if v.score > 0 and abs(v.lineage_score / v.score - 1) > 5e-4:
-        text += f" ({v.lineage_score:.4g} on the lineage's scale)"
+    if seed is not None and v.number > 0 and seed.lineage_score > 0:
+        text += f", {v.lineage_score / seed.lineage_score:.3g}x v0 in paired timings"
     return text
 
 
@@ -284,12 +285,17 @@ class Evolution:
                      100 * h.margin(), NOISE_SIGMAS, min(NOISE_WINDOW, len(h.noise_samples)),
                      100 * MARGIN_RANGE[0], 100 * MARGIN_RANGE[1])
 
+    def describe(self, version: Optional[Version]) -> str:
+        if version is None:
+            return "none"
+        return describe_version(version, next(iter(self.lineage.versions(version.branch)), None))
+
     def progress(self, step: int, note: str) -> None:
         versions, attempts = self._counts()
         best = self.best()
         spent = f" | {self.budget.tokens} tokens, ${self.budget.usd:.2f}" if self.budget.tokens else ""
         log.info("step %d | %s | versions %d | attempts %d | best %s | %s spent, %s left%s",
-                 step, note, versions, attempts, describe_version(best) if best else "-",
+                 step, note, versions, attempts, self.describe(best),
                  format_duration(self.budget.elapsed()), format_duration(self.budget.remaining()), spent)
 
     def run(self) -> float:
@@ -328,5 +334,5 @@ class Evolution:
             self.progress(step, f"{verdict} ({outcome.note}, {time.monotonic() - started:.1f}s)")
         self.budget.save()
         best = self.best()
-        log.info("stopping: %s. Best: %s.", stop_reason, describe_version(best) if best else "none")
+        log.info("stopping: %s. Best: %s.", stop_reason, self.describe(best))
         return best.score if best else 0.0

@@ -96,11 +96,14 @@ def write_reports(run_dir: Path, *, versions: list[Any], attempts: list[dict], s
 
 
 def versions_table(versions: list[Any]) -> str:
-    """A small terminal table of the committed versions."""
-    lines = [f"{'version':>9}  {'TFLOPS':>10}  {'lineage':>10}  message"]
+    """A small terminal table of the committed versions: measured TFLOPS, and the lineage score (how versions
+    are ranked) as a speedup over the branch's seed."""
+    seeds = {v.branch: v.lineage_score for v in versions if v.number == 0}
+    lines = [f"{'version':>9}  {'TFLOPS':>10}  {'x v0 paired':>11}  message"]
     for v in versions:
         first = (v.message or "").splitlines()[0] if v.message else ""
-        lines.append(f"{v.tag:>9}  {v.score:>10.4g}  {v.lineage_score:>10.4g}  {first[:70]}")
+        ratio = f"{v.lineage_score / seeds[v.branch]:.3f}" if seeds.get(v.branch) else "-"
+        lines.append(f"{v.tag:>9}  {v.score:>10.4g}  {ratio:>11}  {first[:70]}")
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ from avo.evolve import Evolution, Harness, SeedError
 from avo.lineage import Lineage
 from avo.operators.heuristic import HeuristicOperator
 from avo.population.single import SingleLineage
+from avo.report import versions_table
 from avo.tracking import NullTracker
 
 
@@ -209,6 +210,11 @@ def test_versions_are_ranked_by_paired_ratios_not_by_separate_measurements(tmp_p
     assert tracker.attempts[-1][2] == pytest.approx(v3.lineage_score)  # W&B's best-so-far: the ranking score
     records = lineage.attempts()
     assert records[-1]["lineage_score"] == pytest.approx(v3.lineage_score) and "lineage_score" not in records[0]
+    # Shown as measured, and as a speedup over the seed by the chain of paired timings (3 x 1.8% - 0.1%).
+    speedup = 458.0 / 450.0 * 457.8 / 445.4
+    assert evo.describe(v3) == f"v3 457.8 TFLOPS, {speedup:.3g}x v0 in paired timings"
+    table = versions_table(lineage.versions("main")).splitlines()
+    assert "x v0 paired" in table[0] and table[4].split()[:3] == ["main/v3", "457.8", f"{speedup:.3f}"]
 
 
 def test_version_committed_but_never_logged_is_recovered_once(tmp_path):
