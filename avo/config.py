@@ -176,6 +176,9 @@ class EvolveConfig:
     # With noise_margin null and interleave on: A/A evaluations (the seed or best timed alongside itself) run
     # before the search to measure that noise; each costs one evaluation of the grid.
     calibration: int = 3
+    # Re-time the best version interleaved with each candidate in the same worker, and compare with that.
+    interleave: bool = True
+    seed: int = 0  # random seed of the operator's choices
 
     def validate(self) -> None:
         if self.noise_margin is not None and not 0 <= self.noise_margin < 1:
@@ -183,9 +186,6 @@ class EvolveConfig:
                              "(or null to derive it from the measured noise)")
         if self.calibration < 0:
             raise ValueError(f"evolve.calibration={self.calibration} must be 0 or more")
-    # Re-time the best version interleaved with each candidate in the same worker, and compare with that.
-    interleave: bool = True
-    seed: int = 0  # random seed of the operator's choices
 
 
 @dataclass

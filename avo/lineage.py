@@ -92,6 +92,7 @@ NOT_STEPS = frozenset({"seed", "calibration"})
 def search_steps(attempts: list[dict]) -> list[dict]:
     return [a for a in attempts if a.get("outcome") not in NOT_STEPS]
 
+
 @dataclass
 class Version:
     """One committed version of a lineage (a tagged commit)."""
