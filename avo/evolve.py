@@ -181,10 +181,10 @@ class Harness:
         incumbent = self.incumbent_dir(best) if self.interleave else None
         result = self.evaluate(program_dir, incumbent=incumbent) if incumbent else self.evaluate(program_dir)
         meta = dict(meta or {})
-        if best is not None and (result.get("incumbent") or {}).get("score") and best.score > 0:
-            meta["incumbent_drift"] = result["incumbent"]["score"] / best.score - 1.0  # reported, not noise
+        paired = (result.get("incumbent") or {}).get("score")  # the best, timed alongside the candidate
+        if best is not None and paired and best.score > 0:
+            meta["incumbent_drift"] = paired / best.score - 1.0  # reported, not noise
         accepted, reason = self.accepts(result, best)
-        paired = (result.get("incumbent") or {}).get("score")
         if result.get("correct") and best is not None and paired:
             # Absolute scores of separate evaluations differ by several % with the GPU's power state (what
             # the program was paired with); the ratio of two programs timed alongside each other does not.
